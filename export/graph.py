@@ -250,7 +250,9 @@ class DecoderGraphBuilder:
 
         layer_type = d.layer_types[i]
         cos, sin = ctx["rope"][layer_type]
-        window_size = d.sliding_window - 1 if layer_type == "hybrid_sliding" else -1
+        # GQA's local_window_size counts the keys a query sees, itself included (measured
+        # against HF's sliding layers: prompt, decode and left padding)
+        window_size = d.sliding_window if layer_type == "hybrid_sliding" else -1
         attn, present_k, present_v = e.op(
             "GroupQueryAttention", f"{path}/gqa",
             [q, k, v, past["key"], past["value"], ctx["seqlens_k"], ctx["total"], cos, sin, None, ctx["attn_bias"]],

@@ -1,0 +1,37 @@
+"""A bare onnxruntime driver for exporter tests: no runtime package, concat-mode cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from zaya_edge import artifact as A
+
+
+class OrtDecoder:
+    def __init__(self, folder):
+        self.manifest = A.read_manifest(folder)
+        self.dims = self.manifest.model_dims
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(folder / A.MODEL_FILE), so, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def zero_state(self, batch: int) -> dict:
+        d = self.dims
+        return {
+            A.PAST_NAMES[k] % i: np.zeros(A.state_shape(d, k, batch, 0), np.float32)
+            for i in range(d.num_layers)
+            for k in A.STATE_KINDS
+        }
+
+    def step(self, ids, mask, state):
+        """Run one call; returns (logits, new state keyed by past names)."""
+        feed = {A.INPUT_IDS: np.asarray(ids, np.int64), A.ATTENTION_MASK: np.asarray(mask, np.int64), **state}
+        outs = dict(zip(self.output_names, self.session.run(None, feed)))
+        new_state = {
+            A.PAST_NAMES[k] % i: outs[A.PRESENT_NAMES[k] % i]
+            for i in range(self.dims.num_layers)
+            for k in A.STATE_KINDS
+        }
+        return outs[A.LOGITS], new_state

@@ -1,0 +1,98 @@
+"""Plain data the runtime's callers hand in and get back (no onnxruntime here).
+
+Markovian RSA, the CLI and apps all speak to the engine through these types, so a scripted
+fake engine in tests can stand in for the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Protocol, Sequence
+
+from zaya_edge.errors import ZayaEdgeError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one request. temperature 0 = greedy."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()  # besides the model's EOS
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (self.temperature >= 0):
+            raise ZayaEdgeError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ZayaEdgeError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ZayaEdgeError(f"top_k must be >= 0, got {self.top_k}")
+        if not (0 <= self.min_p < 1):
+            raise ZayaEdgeError(f"min_p must be in [0, 1), got {self.min_p}")
+        if not (self.repetition_penalty > 0):
+            raise ZayaEdgeError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise ZayaEdgeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One sequence to generate: prompt token ids (already chat-formatted if wanted)."""
+
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+
+
+@dataclasses.dataclass
+class Completion:
+    tokens: list[int]  # generated tokens only (a stop/EOS token that ended it is included)
+    text: str  # decoded generated text (stop string, if any, cut off)
+    finish_reason: str  # "eos" | "stop" | "length" | "cancelled"
+    prompt_tokens: int
+
+
+@dataclasses.dataclass
+class BatchProgress:
+    """Reported after every decode step of a batch."""
+
+    live: int  # sequences still generating
+    finished: int
+    generated_tokens: int  # over the whole batch so far
+    elapsed_s: float
+
+
+class TextCodec(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def chat_prompt(self, user_message: str) -> list[int]:
+        """Token ids of a one-turn chat (ChatML), ready for the assistant to answer."""
+        ...
+
+
+class BatchGenerator(Protocol):
+    """What Markovian RSA needs from an engine.
+
+    `generate_batch` runs all requests together (one session call per decode step for the
+    whole batch); identical prompts are prefilled once and their cache forked. Finished
+    sequences leave the batch. `on_progress` is called after each step; returning False
+    cancels the remaining sequences (finish_reason "cancelled").
+    """
+
+    codec: TextCodec
+    context_length: int
+
+    def generate_batch(
+        self,
+        requests: Sequence[Request],
+        on_progress: Callable[[BatchProgress], bool | None] | None = None,
+    ) -> list[Completion]: ...
+
+    def cache_bytes_per_sequence(self, length: int) -> int:
+        """Memory one live sequence of `length` tokens costs (KV + fixed CCA state)."""
+        ...

@@ -72,6 +72,10 @@ class Checkpoint:
     config: dict
     folder: Path | None = None  # set for on-disk sources (tokenizer files, hashes)
     files: list[Path] = []
+    # transformers' from_pretrained resets the skip class's balancing bias to -1.0 whatever
+    # the file holds; a folder export must do the same to match the model users load. A live
+    # module is exported as it is.
+    resets_skip_bias: bool = False
 
     def names(self) -> set[str]:
         raise NotImplementedError
@@ -95,6 +99,7 @@ class FolderCheckpoint(Checkpoint):
         if not folder.is_dir():
             raise ZayaEdgeError(f"{folder} is not a checkpoint folder")
         self.folder = folder
+        self.resets_skip_bias = True
         self.dims = ZayaDims.from_file(folder / "config.json")
         self.config = json.loads((folder / "config.json").read_text())
         index = folder / "model.safetensors.index.json"

@@ -140,13 +140,19 @@ class DecoderGraphBuilder:
         total_1d = e.op("Unsqueeze", f"{p}/total_1d", [total, i64([0])])
         bias_shape = e.op("Concat", f"{p}/bias_shape", [batch_1d, i64([1]), seq_1d, total_1d], {"axis": 0})
         attn_bias = e.op("Expand", f"{p}/attn_bias", [key_bias, bias_shape])
+        # RoPE positions count each row's real tokens (cumsum of the mask), not columns, so the
+        # runtime may place a sequence in any columns of the cache (holes, refilled slots).
+        positions = e.op("CumSum", f"{p}/token_count", [mask, i64(1)])
+        positions = e.op("Sub", f"{p}/positions_all", [positions, i64(1)])
+        positions = e.op("Max", f"{p}/positions_clip", [positions, i64(0)])
+        positions = e.op("Slice", f"{p}/position_ids", [positions, neg_seq, i64([INT64_MAX]), i64([1])])
         rope = {}
         for lt in sorted(set(d.layer_types)):
             cos, sin = rope_cache(d, lt, self.context_length)
             rope[lt] = (e.eager_weight(f"/model/rope/{lt}/cos_cache", cos), e.eager_weight(f"/model/rope/{lt}/sin_cache", sin))
         return {
             "seqlens_k": seqlens, "total": total_i32, "token_mask": token_mask,
-            "attn_bias": attn_bias, "rope": rope,
+            "attn_bias": attn_bias, "rope": rope, "position_ids": positions,
         }
 
     def _embed(self, ids):
@@ -248,16 +254,23 @@ class DecoderGraphBuilder:
         k = e.op("Mul", f"{path}/k_temp", [k, temp])
         k = e.op("Reshape", f"{path}/k_flat", [k, i64([0, 0, Hkv * D])])
 
+        # RoPE by token position (not by column) before attention; GQA's fused rotary would
+        # use columns for a first prompt, which breaks left-padded rows on the next step.
         layer_type = d.layer_types[i]
         cos, sin = ctx["rope"][layer_type]
+        rot = d.rotary_dim(layer_type)
+        q = e.op("RotaryEmbedding", f"{path}/q_rotary", [q, ctx["position_ids"], cos, sin],
+                 {"num_heads": Hq, "rotary_embedding_dim": rot, "interleaved": 0}, domain=MS)
+        k = e.op("RotaryEmbedding", f"{path}/k_rotary", [k, ctx["position_ids"], cos, sin],
+                 {"num_heads": Hkv, "rotary_embedding_dim": rot, "interleaved": 0}, domain=MS)
         # GQA's local_window_size counts the keys a query sees, itself included (measured
         # against HF's sliding layers: prompt, decode and left padding)
         window_size = d.sliding_window if layer_type == "hybrid_sliding" else -1
         attn, present_k, present_v = e.op(
             "GroupQueryAttention", f"{path}/gqa",
-            [q, k, v, past["key"], past["value"], ctx["seqlens_k"], ctx["total"], cos, sin, None, ctx["attn_bias"]],
-            {"num_heads": Hq, "kv_num_heads": Hkv, "scale": float(D ** -0.5), "do_rotary": 1,
-             "rotary_interleaved": 0, "local_window_size": window_size},
+            [q, k, v, past["key"], past["value"], ctx["seqlens_k"], ctx["total"], None, None, None, ctx["attn_bias"]],
+            {"num_heads": Hq, "kv_num_heads": Hkv, "scale": float(D ** -0.5), "do_rotary": 0,
+             "local_window_size": window_size},
             domain=MS, outputs=3,
         )
         o = e.op("MatMul", f"{path}/o_proj", [attn, self._linear_weight(pre + "o_proj.weight_t", [pre + "o_proj.weight"])])
@@ -286,7 +299,8 @@ class DecoderGraphBuilder:
 
         def balancing(name=bias_name):
             b = self.ckpt.read(name).copy() if self.ckpt.has(name) else np.zeros(E + 1, np.float32)
-            b[-1] = -1.0  # transformers' loader always resets the skip class's bias
+            if self.ckpt.resets_skip_bias or not self.ckpt.has(name):
+                b[-1] = -1.0  # what transformers' loader (and its init) sets
             return b.astype(np.float32)
 
         router_inputs = [

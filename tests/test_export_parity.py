@@ -151,7 +151,7 @@ def test_skip_expert_taken(tmp_path_factory):
     # a skip bias that wins often: every layer must route some tokens to "skip"
     model = tiny_model(seed=3)
     for layer in model.model.layers:
-        layer.mlp.gate.balancing_biases[-1] = 0.3
+        layer.mlp.gate.balancing_biases[-1] = -0.85
     counter = SkipCounter(model)
     dec = _export(model, tmp_path_factory, "skip", all_logits=True)
     rng = np.random.default_rng(6)

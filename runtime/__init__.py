@@ -1,0 +1,12 @@
+"""zaya_edge.runtime: run a zaya-edge artifact with onnxruntime, numpy and tokenizers only.
+
+Never imports torch, transformers or anything from zaya_edge.export.
+"""
+
+from .engine import ChatSession, Engine, Generation, GenerationStats
+from .types import BatchProgress, Completion, Request, SamplingParams
+
+__all__ = [
+    "BatchProgress", "ChatSession", "Completion", "Engine", "Generation",
+    "GenerationStats", "Request", "SamplingParams",
+]

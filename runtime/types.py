@@ -25,6 +25,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # besides the model's EOS
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past the model's end token (benchmarks, parity tests)
 
     def __post_init__(self):
         if not (self.temperature >= 0):

@@ -1,0 +1,209 @@
+"""The decode state of a batch: KV buffers, CCA conv and delayed-value states, the mask.
+
+Key/value buffers are preallocated [slots, kv_heads, capacity, head_dim] per layer and bound
+as both past and present (GroupQueryAttention's shared buffer), so a decode step writes one
+column in place and copies nothing. The small conv/delayed-value states alternate between two
+buffers (the graph computes them anew each call).
+
+All rows share column positions (the graph's contract); a row's tokens may sit anywhere in
+its columns because RoPE positions count real tokens, not columns. Active rows are always the
+prefix [0, rows) so that a view of the first rows is contiguous and can be bound directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from zaya_edge import artifact as A
+from zaya_edge.config import ZayaDims
+from zaya_edge.errors import ZayaEdgeError
+
+from .session import bind
+
+
+@dataclasses.dataclass
+class RowState:
+    """A snapshot of one sequence: its real columns only (a versioned, self-contained copy)."""
+
+    key: list[np.ndarray]  # per layer [kv_heads, n, head_dim]
+    value: list[np.ndarray]
+    conv: list[np.ndarray]  # per layer [channels, k]
+    recurrent: list[np.ndarray]  # per layer [value_half]
+    tokens: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for group in (self.key, self.value, self.conv, self.recurrent) for a in group)
+
+
+class StateCache:
+    def __init__(self, dims: ZayaDims, slots: int, capacity: int, max_capacity: int):
+        self.dims = dims
+        self.slots = slots
+        self.max_capacity = max_capacity
+        self.capacity = 0
+        self.columns = 0  # columns in use by the batch (the mask's width)
+        self.phase = 0  # which conv/recurrent buffer holds the current state
+        kv = (slots, dims.num_kv_heads, 0, dims.head_dim)
+        self.key = [np.zeros(kv, np.float32) for _ in range(dims.num_layers)]
+        self.value = [np.zeros(kv, np.float32) for _ in range(dims.num_layers)]
+        self.conv = [np.zeros((2, slots, dims.conv_channels, dims.conv_state_len), np.float32) for _ in range(dims.num_layers)]
+        self.recurrent = [np.zeros((2, slots, dims.value_half), np.float32) for _ in range(dims.num_layers)]
+        self.mask = np.zeros((slots, 0), np.int64)
+        self._grow(capacity)
+
+    # ---- size ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        arrays = self.key + self.value + self.conv + self.recurrent + [self.mask]
+        return sum(a.nbytes for a in arrays)
+
+    def _grow(self, capacity: int) -> None:
+        """Reallocate to `capacity` columns (amortised: callers double)."""
+        capacity = min(capacity, self.max_capacity)
+        if capacity <= self.capacity:
+            return
+        c = self.columns
+        for group in (self.key, self.value):
+            for i, old in enumerate(group):
+                new = np.zeros(old.shape[:2] + (capacity,) + old.shape[3:], np.float32)
+                new[:, :, :c] = old[:, :, :c]
+                group[i] = new
+        mask = np.zeros((self.slots, capacity), np.int64)
+        mask[:, :c] = self.mask[:, :c]
+        self.mask = mask
+        self.capacity = capacity
+
+    def reserve(self, new_columns: int) -> None:
+        """Make room for `new_columns` more columns: compact holes, then grow, or fail."""
+        need = self.columns + new_columns
+        if need <= self.capacity:
+            return
+        self.defragment()
+        need = self.columns + new_columns
+        if need > self.max_capacity:
+            raise ZayaEdgeError(f"context full: {need} positions needed, the artifact supports {self.max_capacity}")
+        if need > self.capacity:
+            self._grow(max(need, 2 * self.capacity))
+
+    # ---- binding ------------------------------------------------------------------------
+    def bind(self, binding, start: int, stop: int, new_columns: int) -> np.ndarray:
+        """Bind rows [start, stop)'s state for a call adding `new_columns` columns.
+
+        Returns the contiguous attention mask it bound; the caller fills its new columns.
+        """
+        total = self.columns + new_columns
+        mask = np.ascontiguousarray(self.mask[start:stop, :total])
+        bind(binding, A.ATTENTION_MASK, mask)
+        cur, nxt = self.phase, 1 - self.phase
+        rows = slice(start, stop)
+        for i in range(self.dims.num_layers):
+            k, v = self.key[i][rows], self.value[i][rows]
+            bind(binding, A.PAST_KEY % i, k)
+            bind(binding, A.PRESENT_KEY % i, k, output=True)
+            bind(binding, A.PAST_VALUE % i, v)
+            bind(binding, A.PRESENT_VALUE % i, v, output=True)
+            bind(binding, A.PAST_CONV % i, self.conv[i][cur, rows])
+            bind(binding, A.PRESENT_CONV % i, self.conv[i][nxt, rows], output=True)
+            bind(binding, A.PAST_RECURRENT % i, self.recurrent[i][cur, rows])
+            bind(binding, A.PRESENT_RECURRENT % i, self.recurrent[i][nxt, rows], output=True)
+        return mask
+
+    def commit(self, start: int, stop: int, new_mask: np.ndarray) -> None:
+        """After a call: the new columns are in use and the other state buffer is current.
+
+        Rows outside [start, stop) did not run: their fixed state is carried over and their
+        new columns stay masked (holes).
+        """
+        n = new_mask.shape[1]
+        cols = slice(self.columns, self.columns + n)
+        self.mask[:, cols] = 0
+        self.mask[start:stop, cols] = new_mask
+        cur, nxt = self.phase, 1 - self.phase
+        if start > 0 or stop < self.slots:
+            outside = np.r_[0:start, stop : self.slots]
+            for i in range(self.dims.num_layers):
+                self.conv[i][nxt, outside] = self.conv[i][cur, outside]
+                self.recurrent[i][nxt, outside] = self.recurrent[i][cur, outside]
+        self.phase = nxt
+        self.columns += n
+
+    # ---- per-row operations -------------------------------------------------------------
+    def tokens(self, row: int) -> int:
+        return int(self.mask[row, : self.columns].sum())
+
+    def clear_row(self, row: int) -> None:
+        self.mask[row] = 0
+        for i in range(self.dims.num_layers):
+            self.conv[i][:, row] = 0
+            self.recurrent[i][:, row] = 0
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """dst becomes an exact copy of src (used columns and fixed state)."""
+        if src == dst:
+            return
+        c, p = self.columns, self.phase
+        for i in range(self.dims.num_layers):
+            self.key[i][dst, :, :c] = self.key[i][src, :, :c]
+            self.value[i][dst, :, :c] = self.value[i][src, :, :c]
+            self.conv[i][p, dst] = self.conv[i][p, src]
+            self.recurrent[i][p, dst] = self.recurrent[i][p, src]
+        self.mask[dst, :c] = self.mask[src, :c]
+
+    def snapshot(self, row: int) -> RowState:
+        cols = np.flatnonzero(self.mask[row, : self.columns])
+        p = self.phase
+        return RowState(
+            key=[k[row][:, cols].copy() for k in self.key],
+            value=[v[row][:, cols].copy() for v in self.value],
+            conv=[c[p, row].copy() for c in self.conv],
+            recurrent=[r[p, row].copy() for r in self.recurrent],
+            tokens=len(cols),
+        )
+
+    def restore(self, state: RowState, row: int) -> None:
+        """Put a snapshot into `row`, right-aligned to the batch's current columns."""
+        n = state.tokens
+        if n > self.columns:  # the other rows get masked holes in the new columns
+            self.reserve(n - self.columns)
+            self.mask[:, self.columns : n] = 0
+            self.columns = n
+        start = self.columns - n
+        p = self.phase
+        self.mask[row, : self.columns] = 0
+        self.mask[row, start : self.columns] = 1
+        for i in range(self.dims.num_layers):
+            self.key[i][row, :, start : self.columns] = state.key[i]
+            self.value[i][row, :, start : self.columns] = state.value[i]
+            self.conv[i][p, row] = state.conv[i]
+            self.recurrent[i][p, row] = state.recurrent[i]
+
+    def defragment(self) -> None:
+        """Right-align every row's real tokens and drop columns no row uses.
+
+        Safe for RoPE: keys carry their token positions, not their columns.
+        """
+        counts = self.mask[:, : self.columns].sum(axis=1)
+        width = int(counts.max()) if self.slots else 0
+        if width == self.columns:
+            return
+        for row in range(self.slots):
+            cols = np.flatnonzero(self.mask[row, : self.columns])
+            n = len(cols)
+            dst = slice(width - n, width)
+            for group in (self.key, self.value):
+                for buf in group:
+                    buf[row, :, dst] = buf[row, :, cols]
+            self.mask[row, :width] = 0
+            self.mask[row, dst] = 1
+        self.mask[:, width:] = 0
+        self.columns = width
+
+    def reset(self) -> None:
+        self.columns = 0
+        self.mask[:] = 0
+        for i in range(self.dims.num_layers):
+            self.conv[i][:] = 0
+            self.recurrent[i][:] = 0

@@ -431,18 +431,19 @@ class MarkovianRSA:
             raise ZayaEdgeError("the problem is empty")
         checkpoint = None if checkpoint is None else str(checkpoint)
         seed, rounds, selection = self._restore(checkpoint, problem)
-        resumed = len(rounds)
+        resumed = saved = len(rounds)
         self._check_fits(engine, problem)
         progress = on_progress or (lambda p: None)
         try:
             for t in range(len(rounds), self.rounds + 1):
                 rounds.append(self._stage(engine, problem, t, seed, rounds, progress))
                 self._save(checkpoint, problem, seed, rounds, selection)
+                saved = len(rounds)
             if self.select == "aggregate" and selection is None:
                 selection = self._stage(engine, problem, self.rounds + 1, seed, rounds, progress)
                 self._save(checkpoint, problem, seed, rounds, selection)
         except KeyboardInterrupt:
-            raise SolveInterrupted(len(rounds), checkpoint) from None
+            raise SolveInterrupted(saved, checkpoint) from None
         return self._result(problem, seed, rounds, selection if self.select == "aggregate" else None, resumed)
 
     def _stage(self, engine, problem, t, seed, rounds, progress) -> RoundRecord:
@@ -504,16 +505,19 @@ class MarkovianRSA:
             return [list(range(len(requests)))]
         waves, used = [[]], 0
         for i, r in enumerate(requests):
-            cost = engine.cache_bytes_per_sequence(len(r.prompt_ids) + r.params.max_new_tokens)
-            if cost > self.max_memory:
-                raise ZayaEdgeError(f"max memory {self.max_memory} B cannot hold one sequence "
-                                    f"of {len(r.prompt_ids) + r.params.max_new_tokens} tokens ({cost} B)")
+            cost = self._check_memory(engine, len(r.prompt_ids) + r.params.max_new_tokens)
             if used + cost > self.max_memory:
                 waves.append([])
                 used = 0
             waves[-1].append(i)
             used += cost
         return waves
+
+    def _check_memory(self, engine, length: int) -> int:
+        cost = engine.cache_bytes_per_sequence(length)
+        if self.max_memory is not None and cost > self.max_memory:
+            raise ZayaEdgeError(f"max memory {self.max_memory} B cannot hold one sequence of {length} tokens ({cost} B)")
+        return cost
 
     def _candidate(self, codec, j: int, req: Request, subset, c: Completion) -> Candidate:
         body = c.tokens[:-1] if c.finish_reason in ("eos", "stop") and c.tokens else c.tokens
@@ -553,9 +557,7 @@ class MarkovianRSA:
                 which = "final budget" if t >= self.rounds else "budget"
                 raise ZayaEdgeError(f"{label} + {which} {budget} = {length + budget} tokens exceeds "
                                     f"the engine's context length {ctx}")
-            if self.max_memory is not None and engine.cache_bytes_per_sequence(length + budget) > self.max_memory:
-                raise ZayaEdgeError(f"max memory {self.max_memory} B cannot hold one sequence of "
-                                    f"{length + budget} tokens ({engine.cache_bytes_per_sequence(length + budget)} B)")
+            self._check_memory(engine, length + budget)
 
     def _result(self, problem, seed, rounds, selection, resumed) -> SolveResult:
         answer, winner, votes = majority_vote(rounds[-1].candidates)

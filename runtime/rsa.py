@@ -535,7 +535,10 @@ class MarkovianRSA:
         """Last τ model tokens (decoded) or last τ whitespace words (original spacing kept)."""
         if self.tail_unit == "tokens":
             kept = list(ids[-self.tail :])
-            return codec.decode(kept), len(kept)
+            tail = codec.decode(kept)
+            if len(kept) < len(ids):  # a cut through a multi-byte character decodes to U+FFFD
+                tail = tail.lstrip("\ufffd")
+            return tail, len(kept)
         words = [m.start() for m in re.finditer(r"\S+", text)]
         if len(words) <= self.tail:
             return text.lstrip(), len(words)

@@ -168,6 +168,23 @@ def test_tail_is_the_last_tau_generated_tokens():
             assert "<a>" not in c.tail and "</u>" not in c.tail  # never the prompt's template tokens
 
 
+class ByteCodec(CharCodec):
+    """Byte-level tokens (id = byte + 1), so a tail can start inside a multi-byte character."""
+
+    def encode(self, text):
+        return [b + 1 for b in text.encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(i - 1 for i in ids if i != EOS).decode("utf-8", errors="replace")
+
+
+def test_tail_cut_inside_a_character_drops_the_broken_bytes():
+    engine = FakeEngine(script=lambda prompt, seed: "é" * 30 + " \\boxed{7}")
+    engine.codec = ByteCodec()
+    result = rsa(tail=11, rounds=0).solve(engine, PROBLEM)
+    assert {(c.tail, c.tail_length) for c in result.rounds[0].candidates} == {(" \\boxed{7}", 11)}
+
+
 def test_word_tail_keeps_the_last_tau_words_with_their_spacing():
     result = rsa(tail_unit="words", tail=7).solve(FakeEngine(), PROBLEM)
     for c in (c for r in result.rounds for c in r.candidates):

@@ -480,3 +480,46 @@ def test_cli_solve_prints_the_answer_and_writes_the_report(tmp_path, monkeypatch
 def test_runtime_strategy_does_not_import_torch():
     code = "import sys, zaya_edge.runtime.rsa; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---------------------------------------------------------------- end to end on the tiny exported model
+
+SHORT_TEMPLATE = "Fix these. [[ Problem ]]:\n{problem}\n[[ Candidates ]]:\n{candidates}\nAnswer in \\boxed{}."
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    pytest.importorskip("torch")
+    from zaya_edge.export import export_model
+    from zaya_edge.export.random_model import tiny_model
+    from zaya_edge.export.tiny_tokenizer import save_tokenizer
+    from zaya_edge.runtime import Engine
+
+    root = tmp_path_factory.mktemp("rsa_tiny")
+    tiny_model(seed=7, num_hidden_layers=2).save_pretrained(root / "src")
+    save_tokenizer(root / "src")
+    export_model(root / "src", root / "art", progress=False, context_length=1024)
+    return Engine.load(root / "art")
+
+
+def test_tiny_model_solve_runs_each_round_as_one_batch(tiny_engine):
+    stats = []
+    generate = tiny_engine.generate_batch
+
+    def recording(requests, on_progress=None):
+        out = generate(requests, on_progress)
+        stats.append((tiny_engine.last_stats.session_calls, max(len(c.tokens) for c in out)))
+        return out
+
+    tiny_engine.generate_batch = recording
+    try:
+        strategy = MarkovianRSA(population=4, subset=2, rounds=2, budget=16, tail=8, seed=3, template=SHORT_TEMPLATE)
+        result = strategy.solve(tiny_engine, "What is 12 + 30?")
+    finally:
+        del tiny_engine.generate_batch
+    assert [len(r.candidates) for r in result.rounds] == [4, 4, 4] and len(stats) == 3
+    for calls, steps in stats:
+        assert calls <= 1 + steps  # one prefill + one call per decode step for all 4 sequences together
+    assert all(0 < c.tail_length <= 8 for r in result.rounds for c in r.candidates)
+    again = strategy.solve(tiny_engine, "What is 12 + 30?")
+    assert population(again) == population(result)  # seeded: same population on the real engine

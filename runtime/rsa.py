@@ -227,7 +227,7 @@ class SolveInterrupted(KeyboardInterrupt):
 
     def __init__(self, completed_rounds: int, checkpoint: str | None):
         self.completed_rounds, self.checkpoint = completed_rounds, checkpoint
-        where = (f"{completed_rounds} round(s) saved in {checkpoint}; re-run the same command to resume"
+        where = (f"saved in {checkpoint}; re-run the same command to resume"
                  if checkpoint else "pass --checkpoint FILE to make a solve resumable")
         super().__init__(f"interrupted after {completed_rounds} completed round(s); {where}")
 
@@ -306,10 +306,10 @@ class ProgressBar:
             self.bar = tqdm(total=p.total, desc=label, unit="seq", file=self.file, leave=True,
                             bar_format="{desc}: {n}/{total} seq |{bar:16}|{postfix}")
             self.stage = p.stage
-        self.bar.n = p.finished
         eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
         self.bar.set_postfix_str(
-            f"live {p.live}, {p.generated_tokens} tok, {p.tokens_per_s:.1f} tok/s, ETA <= {eta}", refresh=True)
+            f"live {p.live}, {p.generated_tokens} tok, {p.tokens_per_s:.1f} tok/s, ETA <= {eta}", refresh=False)
+        self.bar.update(p.finished - self.bar.n)  # redraws at most every mininterval
         if p.done:
             self.close()
 

@@ -102,6 +102,8 @@ def solve(artifact, problem, preset, population, subset, rounds, budget, tail, f
     try:
         result = strategy.solve(engine, problem, on_progress=bar, checkpoint=checkpoint)
     except SolveInterrupted as exc:
+        if bar is not None:
+            bar.close()
         click.echo(str(exc), err=True)
         raise
     finally:

@@ -417,7 +417,8 @@ def test_budget_over_the_context_is_refused_before_generating():
         rsa().solve(engine, PROBLEM)
     bound = len(CharCodec().chat_prompt(render_prompt(default_template(2), PROBLEM, ["", ""]))) + 2 * 50
     engine = FakeEngine(context_length=bound + 250)  # rounds 0 and 1 fit; round 2's final budget does not
-    with pytest.raises(ZayaEdgeError, match=f"aggregation prompt \\(up to {bound} tokens.*final budget 300 = {bound + 300} tokens exceeds .* {bound + 250}"):
+    expected = f"aggregation prompt \\(up to {bound} tokens.*final budget 300 = {bound + 300} tokens exceeds .* {bound + 250}"
+    with pytest.raises(ZayaEdgeError, match=expected):
         rsa().solve(engine, PROBLEM)
     assert engine.calls == []
 

@@ -28,6 +28,7 @@ namespace {
 
 constexpr int64_t kTokenChunk = 16;   // tokens per task
 constexpr int64_t kColChunk = 64;     // output columns per task
+constexpr int64_t kBlockK = 128;      // K block of the matmul tiles
 constexpr int64_t kMinParallelMacs = 1 << 16;  // below this a stage runs on the calling thread
 
 enum class Epilogue { kDown, kGelu };
@@ -50,31 +51,38 @@ struct GemmTask {
 inline float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752440f)); }
 
 // T rows x JB columns of X·W (JB == 64 / T keeps the accumulators in vector registers).
+// K is summed in blocks of kBlockK whose partial sums are then added up: several times more
+// accurate than one running sum over K = 2048, and close to what MLAS (the fallback) does.
 template <int T>
 ZAYA_CLONES void gemm_tile(const float* x, int64_t ldx, const float* w, int64_t k_len, int64_t ldw,
                            int64_t jw, float* acc_out) {
   constexpr int JB = 64 / T;
-  float acc[T][JB];
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < JB; ++j) acc[t][j] = 0.0f;
-  if (jw == JB) {
-    for (int64_t kk = 0; kk < k_len; ++kk) {
-      const float* wr = w + kk * ldw;
-      for (int t = 0; t < T; ++t) {
-        const float xv = x[t * ldx + kk];
-        for (int j = 0; j < JB; ++j) acc[t][j] += xv * wr[j];
+  for (int i = 0; i < T * JB; ++i) acc_out[i] = 0.0f;
+  for (int64_t k0 = 0; k0 < k_len; k0 += kBlockK) {
+    const int64_t k1 = std::min(k_len, k0 + kBlockK);
+    float acc[T][JB];
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < JB; ++j) acc[t][j] = 0.0f;
+    if (jw == JB) {
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        const float* wr = w + kk * ldw;
+        for (int t = 0; t < T; ++t) {
+          const float xv = x[t * ldx + kk];
+          for (int j = 0; j < JB; ++j) acc[t][j] += xv * wr[j];
+        }
+      }
+    } else {
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        const float* wr = w + kk * ldw;
+        for (int t = 0; t < T; ++t) {
+          const float xv = x[t * ldx + kk];
+          for (int j = 0; j < jw; ++j) acc[t][j] += xv * wr[j];
+        }
       }
     }
-  } else {
-    for (int64_t kk = 0; kk < k_len; ++kk) {
-      const float* wr = w + kk * ldw;
-      for (int t = 0; t < T; ++t) {
-        const float xv = x[t * ldx + kk];
-        for (int j = 0; j < jw; ++j) acc[t][j] += xv * wr[j];
-      }
-    }
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < JB; ++j) acc_out[t * JB + j] += acc[t][j];
   }
-  for (int t = 0; t < T; ++t) std::memcpy(acc_out + t * JB, acc[t], sizeof(float) * jw);
 }
 
 template <int T>

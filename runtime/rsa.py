@@ -32,7 +32,7 @@ from zaya_edge.runtime.types import BatchGenerator, BatchProgress, Completion, R
 __all__ = [
     "PRESETS", "MarkovianRSA", "SolveResult", "Candidate", "RoundRecord", "RoundProgress",
     "ProgressBar", "SolveInterrupted", "extract_boxed", "majority_vote", "read_template",
-    "default_template", "render_prompt", "parse_memory",
+    "default_template", "render_prompt", "parse_memory", "write_json_atomic",
 ]
 
 K = 1024

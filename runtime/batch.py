@@ -61,6 +61,18 @@ class BatchDecoder:
         t0 = time.perf_counter()
         n = len(prompts)
         width = max(len(p) for p in prompts)
+        if n > 1 and width > PREFILL_CHUNK:
+            # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
+            # batch 1: prefill each prompt aside in chunks and move its state into its row.
+            rows = []
+            for r, p in enumerate(prompts):
+                side = BatchDecoder(self.session, 1, capacity=len(p))
+                rows.append(side.prefill(0, [p])[0])
+                self.calls += side.calls
+                self.cache.restore(side.cache.snapshot(0), start + r)
+            self.prefill_tokens += sum(len(p) for p in prompts)
+            self.prefill_seconds += time.perf_counter() - t0
+            return np.stack(rows)
         ids = np.zeros((n, width), np.int64)
         mask = np.zeros((n, width), np.int64)
         for r, p in enumerate(prompts):

@@ -195,7 +195,7 @@ class StateCache:
             dst = slice(width - n, width)
             for group in (self.key, self.value):
                 for buf in group:
-                    buf[row, :, dst] = buf[row, :, cols]
+                    buf[row][:, dst] = buf[row][:, cols]
             self.mask[row, :width] = 0
             self.mask[row, dst] = 1
         self.mask[:, width:] = 0

@@ -75,6 +75,7 @@ class _Sequence:
             self.stop_ids |= set(engine.eos_token_ids)
         self.decoder = StreamDecoder(engine.tokenizer) if engine.tokenizer else None
         self.text = ""
+        self._emitted = 0  # characters of text already streamed
         self.finish_reason: str | None = None
         self.logits: np.ndarray | None = None
 
@@ -82,38 +83,51 @@ class _Sequence:
         """Sample from the current logits, update text and stop state."""
         seen = np.fromiter(self.seen, dtype=np.int64) if self.seen else np.empty(0, np.int64)
         token = sample(self.logits, self.params, self.rng, seen)
+        self.logits = None  # consumed: the token must be fed before sampling again
         self.tokens.append(token)
         if self.params.repetition_penalty != 1.0:
             self.seen.add(token)
-        delta = ""
         if token in self.stop_ids:
-            self.finish_reason = "eos" if token not in self.params.stop_token_ids else "stop"
+            self.finish_reason = "stop" if token in self.params.stop_token_ids else "eos"
+            if self.decoder is not None:
+                self._add_text(self.decoder.flush())
         elif self.decoder is not None:
-            delta = self.decoder.push(token)
-            delta = self._apply_stop_strings(delta)
+            self._add_text(self.decoder.push(token))
         if self.finish_reason is None and len(self.tokens) >= self.params.max_new_tokens:
             self.finish_reason = "length"
             if self.decoder is not None:
-                delta += self._apply_stop_strings(self.decoder.flush())
-        return StepEvent(self.index, token, delta, self.finish_reason)
+                self._add_text(self.decoder.flush())
+        return StepEvent(self.index, token, self._emit(), self.finish_reason)
 
-    def _apply_stop_strings(self, delta: str) -> str:
-        if not delta or not self.params.stop_strings:
-            self.text += delta
-            return delta
+    def _add_text(self, delta: str) -> None:
+        """Append decoded text; a stop string ends the sequence and is cut off."""
+        if not delta:
+            return
         before = len(self.text)
         self.text += delta
-        window_start = max(0, before - max(len(s) for s in self.params.stop_strings))
-        hits = [i for s in self.params.stop_strings if (i := self.text.find(s, window_start)) >= 0]
-        if hits:
-            cut = min(hits)
-            self.text = self.text[:cut]
-            self.finish_reason = "stop"
-            return self.text[before:] if cut > before else ""
-        return delta
+        if self.params.stop_strings:
+            window = max(0, before - max(len(s) for s in self.params.stop_strings) + 1)
+            hits = [i for s in self.params.stop_strings if (i := self.text.find(s, window)) >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.finish_reason = "stop"
 
-    def cancel(self) -> None:
+    def _emit(self) -> str:
+        """New text that can be shown: hold back a tail that may still become a stop string."""
+        end = len(self.text)
+        if self.finish_reason is None and self.params.stop_strings:
+            for s in self.params.stop_strings:
+                for k in range(min(len(s) - 1, end - self._emitted), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out = self.text[self._emitted : end]
+        self._emitted = max(self._emitted, end)
+        return out
+
+    def cancel(self) -> StepEvent:
         self.finish_reason = "cancelled"
+        return StepEvent(self.index, -1, self._emit(), "cancelled")
 
     def completion(self) -> Completion:
         return Completion(list(self.tokens), self.text, self.finish_reason or "cancelled", len(self.request.prompt_ids))
@@ -202,6 +216,7 @@ class Engine:
         cancelled: Callable[[], bool],
         stats: GenerationStats,
         start: float,
+        keep_finished: bool = False,
     ) -> Iterator[list[StepEvent]]:
         """Sample, retire finished rows, refill from `pending`, step — until all are done.
 
@@ -212,11 +227,9 @@ class Engine:
         generated = 0
         while active:
             if cancelled():
-                for seq in active:
-                    seq.cancel()
-                yield [StepEvent(s.index, -1, "", "cancelled") for s in active]
+                yield [seq.cancel() for seq in active]
                 return
-            events = [seq.step() for seq in active]
+            events = [seq.step() for seq in active if seq.logits is not None]
             generated += len(events)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
@@ -232,7 +245,8 @@ class Engine:
                 if r != last:
                     dec.cache.copy_row(last, r)
                     active[r] = active[last]
-                dec.cache.clear_row(last)
+                if not keep_finished:  # a chat keeps its one row for the next turn
+                    dec.cache.clear_row(last)
                 active.pop()
             while pending and len(active) < dec.slots:
                 seq = pending.popleft()
@@ -240,6 +254,8 @@ class Engine:
                 active.append(seq)
             if not active:
                 break
+            if any(s.logits is not None for s in active):
+                continue  # sequences just admitted sample their first token before the next step
             logits = dec.decode(len(active), [s.tokens[-1] for s in active])
             for seq, row in zip(active, logits):
                 seq.logits = row
@@ -372,50 +388,73 @@ class Generation:
 
 
 class ChatSession:
-    """Multi-turn chat that keeps its cache: each turn prefills only the new tokens."""
+    """Multi-turn chat that keeps its cache: each turn prefills only the new tokens.
+
+    The cache cannot be rewound (the CCA state has no undo), so after a turn we remember the
+    rendered conversation text the cache corresponds to; the next turn feeds only the
+    template text that follows it. Anything inconsistent (a stop string cut the reply, an
+    abandoned stream, a template that renders history differently) starts over.
+    """
 
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None):
         self.engine = engine
         self.params = params
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.history: list[int] = []  # tokens already in the cache
         self.dec = BatchDecoder(engine.session, 1, capacity=1024)
-        self.stats = GenerationStats()
+        self._resume: tuple[str, int | None] | None = None  # (text the cache holds, token sampled but not fed)
+        self.history: list[int] = []  # token ids in the cache
 
     def reset(self) -> None:
         self.messages = [m for m in self.messages if m["role"] == "system"]
+        self._forget()
+
+    def _forget(self) -> None:
+        self._resume = None
         self.history = []
         self.dec.cache.reset()
 
     def send(self, message: str) -> Generation:
-        """Add a user turn; iterate the result for the reply (it is recorded when done)."""
+        """Add a user turn; iterate the result for the reply (recorded when fully read)."""
         if not message.strip():
             raise ZayaEdgeError("empty message")
         codec = self.engine.codec
         self.messages.append({"role": "user", "content": message})
-        full = codec.chat_ids(self.messages)
-        if full[: len(self.history)] != self.history or not self.history:
-            self.dec.cache.reset()  # template re-tokenised differently: start over
-            self.history = []
-        suffix = full[len(self.history) :]
-        request = Request(tuple(full), self.params)
+        prompt_text = codec.render_chat(self.messages)
+        new_tokens = None
+        if self._resume is not None and prompt_text.startswith(self._resume[0]):
+            tail = codec.encode(prompt_text[len(self._resume[0]) :])
+            unfed = self._resume[1]
+            if unfed is None or (tail and tail[0] == unfed):
+                new_tokens = tail
+            elif unfed not in self.engine.eos_token_ids:
+                new_tokens = [unfed] + tail  # the reply was cut by length: its last token is part of it
+        if new_tokens is None:
+            self._forget()
+            new_tokens = codec.encode(prompt_text)
+        request = Request(tuple(self.history + new_tokens), self.params)
         self.engine._check(request)
-        gen = Generation(self.engine, [request], runner=self._turn(request, suffix))
-        self._current = gen
+        gen = Generation(self.engine, [request])
+        gen._runner = self._turn(gen, request, new_tokens, prompt_text)
         return gen
 
-    def _turn(self, request: Request, suffix: list[int]) -> Iterator[list[StepEvent]]:
+    def _turn(self, gen: Generation, request: Request, new_tokens: list[int], prompt_text: str) -> Iterator[list[StepEvent]]:
         seq = _Sequence(0, request, self.engine)
         t0 = time.perf_counter()
         if self.history:
-            seq.logits = self.dec.extend(0, suffix)
+            seq.logits = self.dec.extend(0, new_tokens)
         else:
-            seq.logits = self.dec.prefill(0, [suffix])[0]
-        stats = self._current.stats
-        loop = self.engine._decode_loop(self.dec, [seq], collections.deque(), None, self._current._cancel.is_set, stats, t0)
-        for events in loop:
-            yield events
-        fed = list(request.prompt_ids) + seq.tokens[:-1]  # the last sampled token was never fed
-        self.history = fed
-        self.messages.append({"role": "assistant", "content": seq.text})
-        self.engine._finish_stats(stats, self.dec, len(suffix))
+            seq.logits = self.dec.prefill(0, [new_tokens])[0]
+        done = False
+        try:
+            yield from self.engine._decode_loop(self.dec, [seq], collections.deque(), None, gen._cancel.is_set, gen.stats, t0, keep_finished=True)
+            done = True
+        finally:
+            self.engine._finish_stats(gen.stats, self.dec, len(new_tokens))
+            self.messages.append({"role": "assistant", "content": seq.text})
+            reason = seq.finish_reason
+            if done and reason in ("eos", "length", "cancelled"):
+                unfed = seq.tokens[-1] if reason != "cancelled" and seq.tokens else None
+                self._resume = (prompt_text + seq.text, unfed)
+                self.history = list(request.prompt_ids) + (seq.tokens[:-1] if unfed is not None else seq.tokens)
+            else:
+                self._forget()

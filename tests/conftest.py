@@ -1,4 +1,31 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A perturbed tiny ZAYA checkpoint folder with a test tokenizer (needs torch)."""
+    pytest.importorskip("torch")
+    from zaya_edge.export.random_model import tiny_model
+    from zaya_edge.export.tiny_tokenizer import save_tokenizer
+
+    model = tiny_model(seed=11)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(folder)
+    save_tokenizer(folder)
+    return model, folder
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint, tmp_path_factory):
+    """(HF model, fp32 artifact folder exported from its checkpoint)."""
+    from zaya_edge.export import export_model
+
+    model, folder = tiny_checkpoint
+    out = tmp_path_factory.mktemp("art") / "tiny-fp32"
+    export_model(folder, out, precision="fp32", progress=False)
+    return model, out

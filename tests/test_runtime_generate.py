@@ -1,0 +1,202 @@
+"""The runtime against transformers, and its batching, forking, streaming and sampling."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from zaya_edge.runtime import Engine, Request, SamplingParams
+from zaya_edge.runtime.batch import BatchDecoder
+from zaya_edge.runtime.session import DecoderSession
+
+torch = pytest.importorskip("torch")
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=64, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_artifact):
+    return Engine.load(tiny_artifact[1])
+
+
+def _prompts(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tuple(int(t) for t in rng.integers(7, vocab, n)) for n in lengths]
+
+
+def _hf_greedy(model, prompts, new_tokens):
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[:, width:].tolist()
+
+
+def test_greedy_matches_transformers_batched_and_one_by_one(tiny_artifact, engine):
+    model, _ = tiny_artifact
+    prompts = _prompts(model.config.vocab_size, (5, 11, 17))
+    ref = _hf_greedy(model, prompts, 64)
+    batched = engine.generate_batch([Request(p, GREEDY) for p in prompts])
+    assert [c.tokens for c in batched] == ref
+    assert all(len(c.tokens) == 64 and c.finish_reason == "length" for c in batched)
+    for p, expected in zip(prompts, ref):
+        assert engine.generate_batch([Request(p, GREEDY)])[0].tokens == expected
+
+
+def test_one_session_call_per_decode_step_for_the_whole_batch(engine, tiny_artifact):
+    prompts = _prompts(tiny_artifact[0].config.vocab_size, (4, 9, 6, 12))
+    params = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True)
+    engine.generate_batch([Request(p, params) for p in prompts])
+    # one left-padded prefill call, then one call per step (the 10th token needs no call)
+    assert engine.last_stats.session_calls == 1 + 9
+
+
+def test_more_requests_than_slots_refill_and_match_single_runs(tiny_artifact):
+    """Slots freed by finished sequences are refilled; results equal running each alone."""
+    engine = Engine.load(tiny_artifact[1], max_batch=2)
+    prompts = _prompts(tiny_artifact[0].config.vocab_size, (3, 14, 7, 9, 5), seed=3)
+    budgets = (5, 20, 8, 13, 11)
+    reqs = [Request(p, SamplingParams(temperature=0.0, max_new_tokens=b, ignore_eos=True)) for p, b in zip(prompts, budgets)]
+    together = engine.generate_batch(reqs)
+    alone = [engine.generate_batch([r])[0] for r in reqs]
+    assert [c.tokens for c in together] == [c.tokens for c in alone]
+    assert [len(c.tokens) for c in together] == list(budgets)
+
+
+def test_identical_prompts_prefill_once_and_fork(engine, tiny_artifact):
+    prompt = _prompts(tiny_artifact[0].config.vocab_size, (13,), seed=4)[0]
+    reqs = [Request(prompt, SamplingParams(temperature=1.0, max_new_tokens=12, seed=s, ignore_eos=True)) for s in range(4)]
+    forked = engine.generate_batch(reqs)
+    assert engine.last_stats.prompt_tokens == 4 * 13
+    alone = [engine.generate_batch([r])[0].tokens for r in reqs]
+    assert [c.tokens for c in forked] == alone
+    assert len({tuple(t) for t in alone}) > 1  # different seeds really differ
+
+
+def test_fork_and_restore_equal_recomputing(tiny_artifact):
+    session = DecoderSession(tiny_artifact[1])
+    vocab = tiny_artifact[0].config.vocab_size
+    prefix, cont_a, cont_b = _prompts(vocab, (9, 5, 3), seed=5)
+    # recompute from scratch
+    fresh = BatchDecoder(session, 1, capacity=32)
+    ref_a = fresh.prefill(0, [list(prefix + cont_a)])[0]
+    fresh = BatchDecoder(session, 1, capacity=32)
+    ref_b = fresh.prefill(0, [list(prefix + cont_b)])[0]
+    # prefill the prefix once, fork it into row 1, continue the rows differently
+    dec = BatchDecoder(session, 2, capacity=32)
+    dec.prefill(0, [list(prefix)])
+    dec.cache.copy_row(0, 1)
+    got_a = dec.extend(0, list(cont_a))
+    got_b = dec.extend(1, list(cont_b))
+    assert np.abs(got_a - ref_a).max() <= 1e-5
+    assert np.abs(got_b - ref_b).max() <= 1e-5
+    assert got_a.argmax() == ref_a.argmax() and got_b.argmax() == ref_b.argmax()
+    # snapshot -> restore into another batch whose columns are already in use
+    snap = dec.cache.snapshot(1)
+    other = BatchDecoder(session, 2, capacity=64)
+    other.prefill(0, [list(_prompts(vocab, (20,), seed=6)[0])])
+    other.cache.restore(snap, 1)
+    nxt = [7, 8]
+    got = other.extend(1, nxt)
+    ref = BatchDecoder(session, 1, capacity=32).prefill(0, [list(prefix + cont_b) + nxt])[0]
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_defragment_keeps_logits(tiny_artifact):
+    session = DecoderSession(tiny_artifact[1])
+    vocab = tiny_artifact[0].config.vocab_size
+    a, b = _prompts(vocab, (6, 10), seed=7)
+    dec = BatchDecoder(session, 2, capacity=64)
+    dec.prefill(0, [list(a)])
+    dec.extend(1, list(b))  # row 1 joins later: holes in its columns, row 0 gets holes too
+    cols_before = dec.cache.columns
+    dec.cache.defragment()
+    assert dec.cache.columns == max(len(a), len(b)) < cols_before
+    got = dec.decode(2, [5, 6])
+    ref_a = BatchDecoder(session, 1, capacity=32).prefill(0, [list(a) + [5]])[0]
+    ref_b = BatchDecoder(session, 1, capacity=32).prefill(0, [list(b) + [6]])[0]
+    assert np.abs(got[0] - ref_a).max() <= 1e-5 and np.abs(got[1] - ref_b).max() <= 1e-5
+
+
+def test_seed_reproducibility(engine):
+    p = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=1234, ignore_eos=True)
+    first = engine.generate("Tell me a story", p).text()
+    again = engine.generate("Tell me a story", p)
+    assert again.text() == first
+    other = engine.generate("Tell me a story", SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=99, ignore_eos=True))
+    other.text()
+    assert other.tokens != again.tokens
+
+
+def test_cancel_from_another_thread_stops_within_one_step(engine):
+    gen = engine.generate("Count to a thousand", SamplingParams(max_new_tokens=400, seed=0, ignore_eos=True))
+    at_cancel = None
+    for _ in gen:
+        if at_cancel is None and len(gen.tokens) >= 5:
+            t = threading.Thread(target=gen.cancel)
+            t.start()
+            t.join()
+            at_cancel = len(gen.tokens)
+    assert at_cancel is not None
+    assert len(gen.tokens) == at_cancel
+    assert gen.completion.finish_reason == "cancelled"
+
+
+def test_stats_are_reported(engine):
+    gen = engine.generate("hello", SamplingParams(max_new_tokens=16, seed=0, ignore_eos=True))
+    gen.text()
+    s = gen.stats
+    assert s.generated_tokens == 16 and s.prompt_tokens > 0
+    assert s.time_to_first_token_s > 0 and s.decode_tokens_per_s > 0 and s.prefill_tokens_per_s > 0
+    assert s.cache_bytes > 0 and s.peak_rss_bytes > 0 and s.load_seconds > 0
+
+
+def test_stop_strings_and_stop_tokens(engine):
+    free = engine.generate("abc", SamplingParams(temperature=0.0, max_new_tokens=40, ignore_eos=True))
+    text = free.text()
+    assert len(text) > 6
+    stop = text[3:6]
+    cut = engine.generate("abc", SamplingParams(temperature=0.0, max_new_tokens=40, stop_strings=(stop,), ignore_eos=True))
+    assert cut.text() == text[: text.index(stop)]
+    assert cut.completion.finish_reason == "stop"
+    third = free.tokens[2]
+    by_token = engine.generate("abc", SamplingParams(temperature=0.0, max_new_tokens=40, stop_token_ids=(third,), ignore_eos=True))
+    by_token.text()
+    assert by_token.tokens == free.tokens[: free.tokens.index(third) + 1]
+    assert by_token.completion.finish_reason == "stop"
+
+
+def test_chat_keeps_the_cache_between_turns(engine):
+    params = SamplingParams(temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    chat = engine.chat(params)
+    chat.send("first question").text()
+    history = len(chat.history)
+    turn2 = chat.send("and a second one")
+    reply2 = turn2.text()
+    # only the new turn was prefilled, not the conversation
+    assert turn2.stats.prompt_tokens == len(turn2.requests[0].prompt_ids) - history < len(turn2.requests[0].prompt_ids)
+    # recomputing the same token history from scratch gives the same reply
+    ref = engine.generate_batch([Request(turn2.requests[0].prompt_ids, params)])[0]
+    assert reply2 == ref.text and turn2.tokens == ref.tokens
+    chat.reset()
+    assert chat.history == [] and chat.messages == []
+
+
+def test_long_different_prompts_in_one_batch(tiny_artifact, monkeypatch):
+    """Prompts longer than a prefill chunk, several at once, equal running each alone."""
+    from zaya_edge.runtime import batch
+
+    monkeypatch.setattr(batch, "PREFILL_CHUNK", 8)
+    engine = Engine.load(tiny_artifact[1])
+    prompts = _prompts(tiny_artifact[0].config.vocab_size, (21, 13, 30), seed=8)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)
+    together = engine.generate_batch([Request(p, params) for p in prompts])
+    ref = _hf_greedy(tiny_artifact[0], prompts, 6)
+    assert [c.tokens for c in together] == ref

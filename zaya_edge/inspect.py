@@ -1,0 +1,77 @@
+"""`zaya-edge inspect`: what an artifact is and what running it will cost, from its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zaya_edge import artifact as A
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def inspect_artifact(folder: str | Path, context: int = 4096, batch: int = 1, load_session: bool = False) -> dict:
+    folder = Path(folder)
+    m = A.read_manifest(folder)
+    d = m.model_dims
+    weights = sum(rec["bytes"] for name, rec in m.files.items() if name in (A.MODEL_FILE, A.DATA_FILE))
+    kv = d.kv_bytes_per_token * context * batch
+    fixed = d.fixed_state_bytes * batch
+    report = {
+        "folder": str(folder),
+        "format_version": m.format_version,
+        "precision": m.precision,
+        "quantization": m.quantization,
+        "all_logits": m.all_logits,
+        "context_length": m.context_length,
+        "model": {
+            "layers": d.num_layers, "hidden": d.hidden_size, "heads": d.num_heads, "kv_heads": d.num_kv_heads,
+            "head_dim": d.head_dim, "experts": d.num_experts, "vocab": d.vocab_size,
+            "layer_types": sorted(set(d.layer_types)),
+        },
+        "files": {name: rec["bytes"] for name, rec in sorted(m.files.items())},
+        "ops": m.ops,
+        "inputs": m.inputs[:2] + [["...", "", f"{len(m.inputs) - 2} state inputs"]],
+        "outputs": m.outputs[:1] + [["...", "", f"{len(m.outputs) - 1} state outputs"]],
+        "memory_estimate": {
+            "context": context, "batch": batch, "weights_bytes": weights,
+            "kv_cache_bytes": kv, "fixed_state_bytes": fixed, "total_bytes": weights + kv + fixed,
+        },
+        "versions": m.versions,
+        "source": {k: v for k, v in m.source.items() if k != "files"},
+    }
+    if load_session:
+        from zaya_edge.runtime.session import DecoderSession
+
+        session = DecoderSession(folder)
+        report["router_kernel"] = (
+            f"native ({session.custom_ops_library})" if session.uses_native_kernels else "function fallback (standard ONNX ops)"
+        )
+    report["text"] = _text(report)
+    return report
+
+
+def _text(r: dict) -> str:
+    mem = r["memory_estimate"]
+    model = r["model"]
+    lines = [
+        f"artifact      {r['folder']}  (format v{r['format_version']})",
+        f"precision     {r['precision']}" + (f"  {r['quantization']}" if r["quantization"] else ""),
+        f"model         {model['layers']} layers, hidden {model['hidden']}, {model['heads']}/{model['kv_heads']} heads x {model['head_dim']}, "
+        f"{model['experts']} experts + skip, vocab {model['vocab']}, {', '.join(model['layer_types'])}",
+        f"context       {r['context_length']} tokens; logits: {'all positions' if r['all_logits'] else 'last position'}",
+        "files         " + ", ".join(f"{n} {_size(b)}" for n, b in r["files"].items()),
+        "ops           " + "; ".join(f"{dom}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for dom, ops in r["ops"].items()),
+        f"inputs        input_ids [batch, sequence], attention_mask [batch, total_sequence], {r['inputs'][-1][2]}",
+        f"memory        at context {mem['context']} x batch {mem['batch']}: weights {_size(mem['weights_bytes'])} + "
+        f"KV {_size(mem['kv_cache_bytes'])} + CCA state {_size(mem['fixed_state_bytes'])} = {_size(mem['total_bytes'])}",
+        "versions      " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+    ]
+    if "router_kernel" in r:
+        lines.append(f"router kernel {r['router_kernel']}")
+    return "\n".join(lines)

@@ -28,6 +28,9 @@ import ctypes
 import dataclasses
 import json
 import os
+import signal
+import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,12 +121,68 @@ def find_library() -> Path | None:
 _loaded: dict[Path, tuple[ctypes.CDLL, LibraryInfo]] = {}
 
 
+def _check_elf(path: Path) -> None:
+    """Reject a truncated or foreign ELF file before dlopen, which would crash on it (SIGBUS)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+            raise ZayaEdgeError(f"custom-op library {path} cannot be loaded (corrupt or built for another platform): not an ELF file")
+        is64, end = head[4] == 2, "<" if head[5] == 1 else ">"
+        if is64 != (sys.maxsize > 2**32):
+            raise ZayaEdgeError(f"custom-op library {path} cannot be loaded (corrupt or built for another platform): {'64' if is64 else '32'}-bit library, {'64' if not is64 else '32'}-bit Python")
+        if is64:
+            phoff, shoff = struct.unpack_from(end + "QQ", head, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 54)
+        else:
+            phoff, shoff = struct.unpack_from(end + "II", head, 28)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 42)
+        extents = [phoff + phentsize * phnum, shoff + shentsize * shnum]
+        if phoff + phentsize * phnum <= size:
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                if is64:
+                    p_offset, _, _, p_filesz = struct.unpack_from(end + "QQQQ", table, i * phentsize + 8)
+                else:
+                    p_offset, _, _, p_filesz = struct.unpack_from(end + "IIII", table, i * phentsize + 4)
+                extents.append(p_offset + p_filesz)
+    if max(extents) > size:
+        raise ZayaEdgeError(
+            f"custom-op library {path} cannot be loaded (corrupt or built for another platform): truncated, "
+            f"its contents end at byte {max(extents)} but the file has {size}"
+        )
+
+
+_PROBE = "import ctypes, sys; ctypes.CDLL(sys.argv[1]).ZayaCustomOpsAbiVersion()"
+
+
+def _probe(path: Path) -> None:
+    """dlopen the library in a throw-away interpreter first: a library that crashes the loader
+    or its own initialisers takes down that process, not this one."""
+    if not sys.executable:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return  # cannot probe (embedded interpreter, sandbox): load directly
+    if proc.returncode < 0:
+        try:
+            why = signal.Signals(-proc.returncode).name
+        except ValueError:
+            why = f"signal {-proc.returncode}"
+        raise ZayaEdgeError(f"custom-op library {path} crashes when loaded ({why}): corrupt or built for another platform")
+
+
 def _load(path: str | Path) -> tuple[ctypes.CDLL, LibraryInfo]:
     path = Path(path).expanduser().resolve()
     if path in _loaded:
         return _loaded[path]
     if not path.is_file():
         raise ZayaEdgeError(f"custom-op library {path} does not exist")
+    if sys.platform.startswith("linux"):
+        _check_elf(path)
+    _probe(path)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:

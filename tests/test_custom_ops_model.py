@@ -1,0 +1,81 @@
+"""The whole exported tiny model gives the same logits with the native Router as without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from ort_decoder import OrtDecoder  # noqa: E402
+
+from zaya_edge import custom_ops  # noqa: E402
+from zaya_edge.artifact import MODEL_FILE  # noqa: E402
+from zaya_edge.export import export_model  # noqa: E402
+from zaya_edge.export.random_model import tiny_model  # noqa: E402
+
+LIB = custom_ops.library_info() if custom_ops.find_library() else None
+pytestmark = pytest.mark.skipif(LIB is None, reason="custom-op library not built (make custom-ops)")
+
+TOL = 1e-5
+
+
+def _decoders(model, folder):
+    """(fallback, native) drivers over one artifact."""
+    export_model(model, folder, progress=False, all_logits=True)
+    fallback = OrtDecoder(folder)
+    native = OrtDecoder(folder)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    custom_ops.register(so, LIB.path)
+    native.session = ort.InferenceSession(str(folder / MODEL_FILE), so, providers=["CPUExecutionProvider"])
+    assert not custom_ops.router_path(fallback.session).native
+    assert custom_ops.router_path(native.session).native
+    return fallback, native
+
+
+def _run_both(fallback, native, ids, mask, states):
+    before = custom_ops.native_counters(LIB.path)["computes"]["CPUExecutionProvider"]
+    want = fallback.step(ids, mask, states[0])
+    got = native.step(ids, mask, states[1])
+    after = custom_ops.native_counters(LIB.path)["computes"]["CPUExecutionProvider"]
+    assert after - before == native.dims.num_layers, "the native Router did not run in every layer"
+    assert np.abs(want[0] - got[0]).max() <= TOL
+    for name, value in want[1].items():
+        assert np.abs(value - got[1][name]).max() <= TOL, name
+    return want, got
+
+
+@pytest.mark.parametrize("skip_bias", [None, 0.3], ids=["some_tokens_skip", "all_tokens_skip"])
+def test_tiny_model_native_equals_fallback(tmp_path, skip_bias):
+    model = tiny_model(seed=11)
+    if skip_bias is not None:
+        for layer in model.model.layers:
+            layer.mlp.gate.balancing_biases[-1] = skip_bias
+    fallback, native = _decoders(model, tmp_path / "art")
+    rng = np.random.default_rng()
+    vocab = model.config.vocab_size
+    # left-padded batch of 3 prompts, then 8 decode steps
+    lengths = (13, 5, 9)
+    width = max(lengths)
+    ids = np.zeros((3, width), np.int64)
+    mask = np.zeros((3, width), np.int64)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = rng.integers(4, vocab, n)
+        mask[row, width - n:] = 1
+    want, got = _run_both(fallback, native, ids, mask, (fallback.zero_state(3), native.zero_state(3)))
+    states = (want[1], got[1])
+    for _ in range(8):
+        nxt = rng.integers(4, vocab, (3, 1))
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], 1)
+        want, got = _run_both(fallback, native, nxt, mask, states)
+        states = (want[1], got[1])
+
+
+def test_long_prefill(tmp_path):
+    model = tiny_model(seed=12)
+    fallback, native = _decoders(model, tmp_path / "art")
+    rng = np.random.default_rng()
+    ids = rng.integers(4, model.config.vocab_size, (1, 300))
+    _run_both(fallback, native, ids, np.ones_like(ids), (fallback.zero_state(1), native.zero_state(1)))

@@ -30,12 +30,15 @@ _SAFETENSORS_DTYPES = {
     "I32": np.int32,
     "BOOL": np.bool_,
 }
+_TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
 def _to_fp32(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        wide = raw.astype(np.uint32)
+        wide <<= 16  # in place: one fp32-sized buffer, not two
+        return wide.view(np.float32)
     return raw.astype(np.float32)
 
 
@@ -52,15 +55,23 @@ class _SafetensorsFile:
         header.pop("__metadata__", None)
         self.entries = header
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """fp32 values of one tensor, or of rows [start, stop) of its first axis."""
         e = self.entries[name]
         np_dtype = _SAFETENSORS_DTYPES.get(e["dtype"])
         if np_dtype is None:
             raise ZayaEdgeError(f"tensor {name} has unsupported dtype {e['dtype']}")
+        shape = list(e["shape"])
         start, end = e["data_offsets"]
-        count = (end - start) // np.dtype(np_dtype).itemsize
+        itemsize = np.dtype(np_dtype).itemsize
+        count = (end - start) // itemsize
+        if rows is not None:
+            row = count // shape[0] if shape[0] else 0
+            start += rows[0] * row * itemsize
+            shape[0] = rows[1] - rows[0]
+            count = shape[0] * row
         raw = np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.data_start + start, shape=(count,))
-        out = _to_fp32(raw, e["dtype"]).reshape(e["shape"])
+        out = _to_fp32(raw, e["dtype"]).reshape(shape)
         del raw
         return out
 
@@ -85,6 +96,14 @@ class Checkpoint:
 
     def read(self, name: str) -> np.ndarray:
         """fp32 numpy array of one tensor."""
+        raise NotImplementedError
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """fp32 rows [start, stop) of a tensor's first axis (big tensors are quantized in slices)."""
+        return self.read(name)[start:stop]
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype in safetensors spelling (F32, BF16, F16, ...)."""
         raise NotImplementedError
 
     def has(self, name: str) -> bool:
@@ -136,6 +155,12 @@ class FolderCheckpoint(Checkpoint):
     def read(self, name: str) -> np.ndarray:
         return self._where[name].read(name)
 
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._where[name].read(name, (start, stop))
+
+    def dtype(self, name: str) -> str:
+        return self._where[name].entries[name]["dtype"]
+
 
 class StateDictCheckpoint(Checkpoint):
     """A live module's state_dict (torch tensors); each is converted when it is read."""
@@ -160,6 +185,14 @@ class StateDictCheckpoint(Checkpoint):
         import torch  # export-only dependency
 
         return self._sd[name].detach().to(torch.float32).cpu().numpy()
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        import torch
+
+        return self._sd[name][start:stop].detach().to(torch.float32).cpu().numpy()
+
+    def dtype(self, name: str) -> str:
+        return _TORCH_DTYPES.get(str(self._sd[name].dtype), "F32")
 
 
 def open_checkpoint(src, config: dict | None = None) -> Checkpoint:

@@ -39,7 +39,7 @@ class Emitter:
             arr = produce()
             if tuple(arr.shape) != tuple(shape):  # a bug in a transform, not user input
                 raise AssertionError(f"{name}: produced {arr.shape}, declared {shape}")
-            return ir.tensor(arr, name=name)
+            return ir.tensor(arr, dtype=dtype, name=name)
 
         lazy = ir.LazyTensor(materialize, dtype=dtype, shape=ir.Shape(shape), name=name)
         return self.tape.initializer(lazy, name=name)

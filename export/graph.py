@@ -9,6 +9,11 @@ left padding changes nothing.
     input_ids ─ Gather(embed) ─ (+bias)·scale ─► h (fp32 residual stream)
     for each layer:   h ─► DecoderLayer ─► h      (router state flows layer to layer)
     h[:, -1:] ─ RMSNorm ─ Gemm(embedᵀ) ─► logits  (all positions with all_logits)
+
+int4/int8 (`GraphOptions.quant`): projections become MatMulNBits, experts QMoE, and the tied
+table one quantized initializer read by GatherBlockQuantized and MatMulNBits (quant_layers.py).
+Everything else still computes in fp32; a tensor stored in bf16/fp16 in the checkpoint is kept
+in that dtype in the artifact (exact) and Cast to fp32, which onnxruntime folds at load.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from zaya_edge.config import ZayaDims
 
 from .checkpoint import Checkpoint
 from .emitter import INT64_MAX, Emitter
+from .quant import QuantSpec
+from .quant_layers import QuantizedLayers
 from .router_op import router_function
 
 FLOAT = ir.DataType.FLOAT
 MS = "com.microsoft"
 F32_MIN = float(np.finfo(np.float32).min)
 F32_EPS = float(np.finfo(np.float32).eps)
+_NARROW = {"BF16": ir.DataType.BFLOAT16, "F16": ir.DataType.FLOAT16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,8 @@ class GraphOptions:
     precision: str = "fp32"
     all_logits: bool = False
     context_length: int | None = None  # rows of the RoPE cache; default max_position_embeddings
+    quant: QuantSpec | None = None  # None: fp32 weights everywhere
+    lm_head_bits: int | None = None  # bits of the (tied) embedding/lm_head table; default quant.bits
 
 
 def rope_cache(dims: ZayaDims, layer_type: str, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,18 +64,29 @@ class DecoderGraphBuilder:
         self.opt = options
         self.e = Emitter()
         self.context_length = options.context_length or self.dims.max_position_embeddings
+        self.q = None
+        if options.quant is not None:
+            self.q = QuantizedLayers(self.e, ckpt, options.quant, options.lm_head_bits or options.quant.bits)
 
     # ---- weights ----------------------------------------------------------------------------
     def _tensor(self, name: str, transform=None, shape=None):
-        """A lazy fp32 initializer from one checkpoint tensor (optionally transformed)."""
+        """A lazy fp32 value from one checkpoint tensor (optionally transformed).
+
+        Quantized exports store a bf16/fp16 source tensor in its own dtype (exact) behind a Cast.
+        """
         src_shape = tuple(self.ckpt.shape(name))
         ckpt = self.ckpt
+        store = _NARROW.get(ckpt.dtype(name), FLOAT) if self.q is not None else FLOAT
 
         def produce(name=name, transform=transform):
             arr = ckpt.read(name)
-            return np.ascontiguousarray(transform(arr) if transform else arr, dtype=np.float32)
+            arr = np.ascontiguousarray(transform(arr) if transform else arr, dtype=np.float32)
+            return _narrow(arr, store, name)
 
-        return self.e.weight(name, FLOAT, shape or src_shape, produce)
+        value = self.e.weight(name, store, shape or src_shape, produce)
+        if store != FLOAT:
+            value = self.e.op("Cast", f"/model/weights/{name}", [value], {"to": FLOAT})
+        return value
 
     def _linear_weight(self, out_name: str, names: list[str]):
         """[in, out] fp32 weight for MatMul, the rows of several nn.Linear weights fused."""
@@ -77,6 +98,12 @@ class DecoderGraphBuilder:
             return np.concatenate([ckpt.read(n) for n in names], axis=0).T
 
         return self.e.weight(out_name, FLOAT, (cols, rows), produce)
+
+    def _linear(self, path: str, x, name: str, sources: list[str]):
+        """x · Wᵀ with W the rows of `sources` fused: MatMul (fp32) or MatMulNBits."""
+        if self.q is not None:
+            return self.q.linear(path, x, name, sources)
+        return self.e.op("MatMul", path, [x, self._linear_weight(name + ".weight_t", sources)])
 
     # ---- the graph -------------------------------------------------------------------------
     def build(self) -> ir.Model:
@@ -157,9 +184,13 @@ class DecoderGraphBuilder:
 
     def _embed(self, ids):
         e, p = self.e, "/model/embed"
-        table = self._tensor("model.embed_tokens.weight")
+        if self.q is not None:
+            table = self.q.table("model.embed_tokens.weight")
+            x = self.q.embed(p, table, ids)
+        else:
+            table = self._tensor("model.embed_tokens.weight")
+            x = e.op("Gather", p, [table, ids], {"axis": 0})
         self.embed_table = table
-        x = e.op("Gather", p, [table, ids], {"axis": 0})
         x = e.op("Add", f"{p}/input_bias", [x, self._tensor("model.input_hidden_states_bias")])
         return e.op("Mul", f"{p}/input_scale", [x, self._tensor("model.input_hidden_states_scale")])
 
@@ -210,7 +241,7 @@ class DecoderGraphBuilder:
         qkv_names = [pre + f"qkv_proj.{n}.weight" for n in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")]
 
         x = e.op("Mul", f"{path}/pad_zero", [x, ctx["token_mask"]])
-        qkv = e.op("MatMul", f"{path}/qkv_proj", [x, self._linear_weight(f"{pre}qkv_proj.qkv.weight_t", qkv_names)])
+        qkv = self._linear(f"{path}/qkv_proj", x, f"{pre}qkv_proj.qkv", qkv_names)
         qk, v_cur, v_del = e.op("Split", f"{path}/qkv_split", [qkv, i64([C, Vh, Vh])], {"axis": -1}, outputs=3)
         q_lin, k_lin = e.op("Split", f"{path}/qk_split", [qk, i64([Hq * D, Hkv * D])], {"axis": -1}, outputs=2)
 
@@ -273,7 +304,7 @@ class DecoderGraphBuilder:
              "local_window_size": window_size},
             domain=MS, outputs=3,
         )
-        o = e.op("MatMul", f"{path}/o_proj", [attn, self._linear_weight(pre + "o_proj.weight_t", [pre + "o_proj.weight"])])
+        o = self._linear(f"{path}/o_proj", attn, pre + "o_proj", [pre + "o_proj.weight"])
         return o, {"key": present_k, "value": present_v, "conv": present_conv, "recurrent": present_rec}
 
     def _moe(self, i, x2, router_state):
@@ -323,9 +354,12 @@ class DecoderGraphBuilder:
         return m, state
 
     def _experts(self, i, path, flat, select, weight):
-        """fp32 experts: MoE picks the one-hot expert with weight 1, then ·router weight."""
+        """fp32 experts: MoE picks the one-hot expert with weight 1, then ·router weight.
+        Quantized: QMoE takes the router weight itself (router_weights input)."""
         e, d = self.e, self.dims
         pre = f"model.layers.{i}.mlp.experts."
+        if self.q is not None:
+            return self.q.experts(f"{path}/experts", pre, flat, select, weight)
         E, I, H = d.num_experts, d.moe_intermediate_size, d.hidden_size
 
         def interleave(w):  # [E, 2I, H] gate rows then up rows -> rows 2j = gate j, 2j+1 = up j
@@ -353,14 +387,32 @@ class DecoderGraphBuilder:
             h = e.op("Slice", f"{path}/last_position", [h, i64([-1]), i64([INT64_MAX]), i64([1])])
         n = self._rmsnorm("/model/norm", h, "model.norm.weight")
         flat = e.op("Reshape", f"{path}/flatten", [n, i64([-1, d.hidden_size])])
-        table = self.embed_table if d.tie_word_embeddings else self._tensor("lm_head.weight")
-        inputs = [flat, table]
-        if d.lm_head_bias:
-            inputs.append(self._tensor("lm_head.bias"))
-        logits = e.op("Gemm", f"{path}/Gemm", inputs, {"transB": 1})
+        bias = self._tensor("lm_head.bias") if d.lm_head_bias else None
+        if self.q is not None:
+            table = self.embed_table if d.tie_word_embeddings else self.q.table("lm_head.weight")
+            logits = self.q.head(path, table, flat, bias)
+        else:
+            table = self.embed_table if d.tie_word_embeddings else self._tensor("lm_head.weight")
+            inputs = [flat, table] + ([bias] if bias is not None else [])
+            logits = e.op("Gemm", f"{path}/Gemm", inputs, {"transB": 1})
         batch_seq = e.op("Slice", f"{path}/batch_seq", [e.op("Shape", f"{path}/h_shape", [n]), i64([0]), i64([2]), i64([0])])
         shape = e.op("Concat", f"{path}/logits_shape", [batch_seq, i64([d.vocab_size])], {"axis": 0})
         return e.op("Reshape", f"{path}/logits", [logits, shape])
+
+
+def _narrow(arr: np.ndarray, store: ir.DataType, name: str) -> np.ndarray:
+    """fp32 values read from a bf16/fp16 tensor, back in that dtype (must be exact)."""
+    if store == FLOAT:
+        return arr
+    if store == ir.DataType.BFLOAT16:
+        bits = arr.view(np.uint32)
+        if (bits & 0xFFFF).any():
+            raise AssertionError(f"{name}: values are not bf16 after the transform")
+        return (bits >> 16).astype(np.uint16)
+    out = arr.astype(np.float16)
+    if not np.array_equal(out.astype(np.float32), arr, equal_nan=True):
+        raise AssertionError(f"{name}: values are not fp16 after the transform")
+    return out
 
 
 def _dtype(name: str) -> ir.DataType:

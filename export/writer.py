@@ -23,8 +23,7 @@ from zaya_edge.errors import ZayaEdgeError
 
 from .checkpoint import Checkpoint, check_tensors, open_checkpoint
 from .graph import DecoderGraphBuilder, GraphOptions
-
-SUPPORTED_PRECISIONS = ("fp32",)
+from .precision import Precision, resolve
 
 
 def export_model(
@@ -32,25 +31,36 @@ def export_model(
     out: str | os.PathLike,
     *,
     precision: str = "fp32",
+    block_size: int | None = None,
+    asymmetric: bool = False,
+    lm_head: str | None = None,
+    quant_method: str | None = None,
     all_logits: bool = False,
     context_length: int | None = None,
     force: bool = False,
     config=None,
     progress: bool = True,
 ) -> Path:
-    """Export a ZAYA checkpoint (folder, live `ZayaForCausalLM`, or state_dict + config)."""
+    """Export a ZAYA checkpoint (folder, live `ZayaForCausalLM`, or state_dict + config).
+
+    `precision` int4/int8 quantizes projections, experts and the tied table (`block_size`
+    default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
+    precision's, `quant_method` rtn/mse). The CLI defaults to int4 (precision.DEFAULT_PRECISION);
+    this function keeps fp32 as its default so existing fp32 callers do not change silently.
+    """
     if precision not in A.PRECISIONS:
         raise ZayaEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(A.PRECISIONS)}")
-    if precision not in SUPPORTED_PRECISIONS:
-        raise ZayaEdgeError(f"precision {precision!r} is not implemented yet; supported: {', '.join(SUPPORTED_PRECISIONS)}")
     out = Path(out)
     if out.exists() and not force:
         raise ZayaEdgeError(f"{out} already exists; pass --force to replace it")
     ckpt = open_checkpoint(src, config)
+    prec = resolve(precision, ckpt.dims, block_size=block_size, asymmetric=asymmetric,
+                   lm_head=lm_head, quant_method=quant_method)
     check_tensors(ckpt)
     if context_length is not None and context_length < 1:
         raise ZayaEdgeError(f"context length must be positive, got {context_length}")
-    options = GraphOptions(precision=precision, all_logits=all_logits, context_length=context_length)
+    options = GraphOptions(precision=precision, all_logits=all_logits, context_length=context_length,
+                           quant=prec.quant, lm_head_bits=prec.lm_head_bits)
     builder = DecoderGraphBuilder(ckpt, options)
     model = builder.build()
 
@@ -63,7 +73,7 @@ def export_model(
         _save_graph(model, tmp, ckpt.dims.num_layers, progress)
         _write_side_files(ckpt, tmp)
         _write_genai_config(ckpt, tmp, builder.context_length)
-        manifest = _manifest(ckpt, model, options, builder.context_length, tmp)
+        manifest = _manifest(ckpt, model, options, prec, builder.context_length, tmp)
         (tmp / A.MANIFEST_FILE).write_text(manifest.to_json())
         _replace(tmp, out)
     except BaseException:
@@ -183,7 +193,8 @@ def _versions() -> dict:
     return v
 
 
-def _manifest(ckpt: Checkpoint, model: ir.Model, options: GraphOptions, context_length: int, folder: Path) -> A.Manifest:
+def _manifest(ckpt: Checkpoint, model: ir.Model, options: GraphOptions, prec: Precision, context_length: int,
+              folder: Path) -> A.Manifest:
     inputs, outputs = A.io_spec(ckpt.dims, options.all_logits)
     files = {
         p.name: A.file_record(p)
@@ -201,7 +212,7 @@ def _manifest(ckpt: Checkpoint, model: ir.Model, options: GraphOptions, context_
     return A.Manifest(
         format_version=A.FORMAT_VERSION,
         precision=options.precision,
-        quantization={},
+        quantization=prec.record(),
         all_logits=options.all_logits,
         context_length=context_length,
         dims=A.dims_to_config_dict(ckpt.dims),

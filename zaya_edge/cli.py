@@ -36,22 +36,64 @@ def main(ctx, debug):
 @main.command()
 @click.argument("src", type=click.Path(path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Artifact folder to create.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | int4.")
+@click.option("--precision", default="int4", show_default=True, help="int4 | int8 | fp32.")
+@click.option("--block-size", type=int, default=None, help="int4/int8: weights per quantization block, 16..256.  [default: 32]")
+@click.option("--asymmetric", is_flag=True, default=None, help="int4/int8: a zero point per block (default: symmetric).")
+@click.option("--lm-head", default=None, help="int4 | int8: the tied embedding/lm_head table.  [default: the precision]")
+@click.option("--quant-method", default=None, help="rtn (round to nearest) | mse (per-block scale search).  [default: mse]")
 @click.option("--all-logits", is_flag=True, help="Output logits for every position (default: last only).")
 @click.option("--context-length", type=int, default=None, help="Longest context the artifact supports (default: the model's).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(src, out, precision, all_logits, context_length, force, quiet):
+def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, force, quiet):
     """Export the ZAYA checkpoint folder SRC into an artifact folder."""
     try:
         from zaya_edge.export import export_model
     except ImportError as exc:
         raise ZayaEdgeError(f"export needs the export extra: pip install 'zaya-edge[export]' ({exc})") from None
     path = export_model(
-        src, out, precision=precision, all_logits=all_logits,
-        context_length=context_length, force=force, progress=not quiet,
+        src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
+        quant_method=quant_method, all_logits=all_logits, context_length=context_length, force=force,
+        progress=not quiet,
     )
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--reference", required=True, type=click.Path(path_type=str),
+              help="An fp32 artifact or a Hugging Face checkpoint folder to compare against.")
+@click.option("--tokens", "tokens_file", type=click.Path(path_type=str), default=None,
+              help="Token ids: a .npy file or integers separated by whitespace or commas.")
+@click.option("--text", default=None, help="Text to compare on (needs a tokenizer.json in ARTIFACT or REF).")
+@click.option("--text-file", type=click.Path(path_type=str), default=None, help="Read --text from this file.")
+@click.option("--length", type=int, default=256, show_default=True, help="Random tokens when no tokens or text are given.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random tokens.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), default=None,
+              help="Write the report here (default: ARTIFACT.quality.json beside the folder).")
+@click.option("--force", is_flag=True, help="Replace an existing JSON report.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+def quality(artifact, reference, tokens_file, text, text_file, length, seed, json_path, force, threads):
+    """Teacher-forced comparison of ARTIFACT with a reference: top-1, KL, logit diff, perplexity."""
+    from pathlib import Path
+
+    from zaya_edge import quality as Q
+
+    if text_file is not None:
+        if text is not None:
+            raise ZayaEdgeError("give --text or --text-file, not both")
+        try:
+            text = Path(text_file).read_text()
+        except OSError as exc:
+            raise ZayaEdgeError(f"cannot read {text_file}: {exc.strerror}") from None
+    out = Path(json_path) if json_path else Q.default_json_path(artifact)
+    if out.exists() and not force:
+        raise ZayaEdgeError(f"{out} already exists; pass --force to replace it")
+    report = Q.quality(artifact, reference, tokens_file=tokens_file, text=text, length=length, seed=seed,
+                       threads=threads)
+    click.echo(report.table())
+    out.write_text(report.to_json())
+    click.echo(f"wrote {out}")
 
 
 @main.command()

@@ -1,0 +1,232 @@
+"""How much does an artifact's prediction differ from a reference's? Teacher-forced, per position.
+
+The reference is an fp32 artifact (onnxruntime, no torch) or a Hugging Face checkpoint folder
+(transformers, imported only then). Both see the same tokens; at every position we compare the
+next-token distributions:
+
+    top-1 agreement   argmax equal
+    mean KL           KL(reference ‖ artifact), nats, averaged over positions
+    max |logit diff|  over all positions and vocabulary entries
+    perplexity        exp(mean NLL of the actual next token), for each model
+
+Positions are streamed one at a time, so memory holds two logit rows, not two [T, V] arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from zaya_edge import artifact as A
+from zaya_edge.errors import ZayaEdgeError
+
+DEFAULT_LENGTH = 256
+_CHUNK = 64  # tokens per call when an artifact returns all positions' logits
+
+
+@dataclasses.dataclass
+class QualityReport:
+    artifact: str
+    reference: str
+    tokens: str  # where the tokens came from
+    positions: int
+    top1_agreement: float
+    mean_kl: float
+    max_abs_logit_diff: float
+    perplexity_artifact: float
+    perplexity_reference: float
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def table(self) -> str:
+        rows = [
+            ("top-1 agreement", f"{100 * self.top1_agreement:.2f}%", ""),
+            ("mean KL(ref||art)", f"{self.mean_kl:.5f}", ""),
+            ("max |logit diff|", f"{self.max_abs_logit_diff:.4f}", ""),
+            ("perplexity", f"{self.perplexity_artifact:.3f}", f"{self.perplexity_reference:.3f}"),
+        ]
+        lines = [
+            f"{self.artifact} vs {self.reference}: {self.positions} positions, {self.tokens}",
+            f"{'':<20}{'artifact':>12}{'reference':>12}",
+        ]
+        lines += [f"{name:<20}{a:>12}{r:>12}" for name, a, r in rows]
+        return "\n".join(lines)
+
+
+# ---- tokens ------------------------------------------------------------------------------------
+def load_tokens(
+    vocab_size: int,
+    *,
+    tokens_file: str | Path | None = None,
+    text: str | None = None,
+    tokenizer_dirs: tuple[Path, ...] = (),
+    length: int = DEFAULT_LENGTH,
+    seed: int = 0,
+) -> tuple[np.ndarray, str]:
+    """Token ids and a description: a token file (.npy or integers), text, or random tokens."""
+    if tokens_file is not None and text is not None:
+        raise ZayaEdgeError("give either a token file or text, not both")
+    if tokens_file is not None:
+        ids, what = _read_token_file(Path(tokens_file)), f"tokens from {tokens_file}"
+    elif text is not None:
+        ids, what = _tokenize(text, tokenizer_dirs), f"{len(text)} characters of text"
+    else:
+        if length < 2:
+            raise ZayaEdgeError(f"need at least 2 tokens to compare, got --length {length}")
+        rng = np.random.default_rng(seed)
+        ids, what = rng.integers(4 if vocab_size > 8 else 0, vocab_size, length), f"random tokens (seed {seed})"
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if ids.size < 2:
+        raise ZayaEdgeError(f"need at least 2 tokens to compare, got {ids.size}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ZayaEdgeError(f"token ids must lie in [0, {vocab_size}); got {ids.min()}..{ids.max()}")
+    return ids, what
+
+
+def _read_token_file(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ZayaEdgeError(f"no token file at {path}")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    try:
+        return np.array([int(t) for t in path.read_text().replace(",", " ").split()], np.int64)
+    except ValueError:
+        raise ZayaEdgeError(f"{path} is not a list of integer token ids (whitespace or comma separated)") from None
+
+
+def _tokenize(text: str, dirs: tuple[Path, ...]) -> np.ndarray:
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            return np.array(Tokenizer.from_file(str(d / "tokenizer.json")).encode(text).ids, np.int64)
+    raise ZayaEdgeError("text needs a tokenizer.json in the artifact or reference folder; pass a token file instead")
+
+
+# ---- logit sources -----------------------------------------------------------------------------
+class ArtifactLogits:
+    """Next-token logits of an artifact, position by position (onnxruntime, fp32 state)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = A.read_manifest(self.folder)
+        self.dims = self.manifest.model_dims
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.folder / A.MODEL_FILE), so, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.dims.vocab_size
+
+    def rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
+        """Teacher forcing: chunks when every position's logits come out, else one call per token."""
+        d = self.dims
+        state = {
+            A.PAST_NAMES[k] % i: np.zeros(A.state_shape(d, k, 1, 0), np.float32)
+            for i in range(d.num_layers) for k in A.STATE_KINDS
+        }
+        step = _CHUNK if self.manifest.all_logits else 1
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step][None]
+            feed = {A.INPUT_IDS: chunk, A.ATTENTION_MASK: np.ones((1, start + chunk.shape[1]), np.int64), **state}
+            out = dict(zip(self.outputs, self.session.run(None, feed)))
+            state = {A.PAST_NAMES[k] % i: out[A.PRESENT_NAMES[k] % i] for i in range(d.num_layers) for k in A.STATE_KINDS}
+            yield from out[A.LOGITS][0]
+
+
+class HFLogits:
+    """Logits of a Hugging Face checkpoint folder in fp32 (needs torch and transformers)."""
+
+    def __init__(self, folder: str | Path):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+        except ImportError as exc:
+            raise ZayaEdgeError(f"a checkpoint reference needs the export extra (torch, transformers): {exc}") from None
+        self._torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.vocab_size = int(self.model.config.vocab_size)
+
+    def rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
+        with self._torch.no_grad():
+            logits = self.model(self._torch.as_tensor(ids[None])).logits[0]
+        for row in logits:
+            yield row.numpy()
+
+
+def open_reference(path: str | Path, threads: int | None = None):
+    """An fp32 (or any) artifact folder, or a Hugging Face checkpoint folder."""
+    path = Path(path)
+    if (path / A.MANIFEST_FILE).is_file():
+        return ArtifactLogits(path, threads)
+    if (path / "config.json").is_file():
+        return HFLogits(path)
+    raise ZayaEdgeError(f"{path} is neither a zaya-edge artifact nor a Hugging Face checkpoint folder")
+
+
+# ---- the comparison ----------------------------------------------------------------------------
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+def compare(art, ref, ids: np.ndarray) -> dict:
+    """Stream both models over `ids`; metrics as in the module docstring."""
+    if art.vocab_size != ref.vocab_size:
+        raise ZayaEdgeError(f"vocabularies differ: artifact {art.vocab_size}, reference {ref.vocab_size}")
+    agree, kl, max_diff, nll_a, nll_r, n = 0, 0.0, 0.0, 0.0, 0.0, 0
+    for t, (a, r) in enumerate(zip(art.rows(ids), ref.rows(ids))):
+        la, lr = _log_softmax(a), _log_softmax(r)
+        agree += int(a.argmax() == r.argmax())
+        kl += float(np.exp(lr) @ (lr - la))
+        max_diff = max(max_diff, float(np.abs(a.astype(np.float64) - r).max()))
+        if t + 1 < len(ids):
+            nll_a -= la[ids[t + 1]]
+            nll_r -= lr[ids[t + 1]]
+        n += 1
+    targets = max(n - 1, 1)
+    return {
+        "positions": n,
+        "top1_agreement": agree / n,
+        "mean_kl": kl / n,
+        "max_abs_logit_diff": max_diff,
+        "perplexity_artifact": float(np.exp(nll_a / targets)),
+        "perplexity_reference": float(np.exp(nll_r / targets)),
+    }
+
+
+def quality(
+    artifact: str | Path,
+    reference: str | Path,
+    *,
+    tokens_file: str | Path | None = None,
+    text: str | None = None,
+    length: int = DEFAULT_LENGTH,
+    seed: int = 0,
+    threads: int | None = None,
+) -> QualityReport:
+    art = ArtifactLogits(artifact, threads)
+    ref = open_reference(reference, threads)
+    ids, what = load_tokens(
+        art.vocab_size, tokens_file=tokens_file, text=text, length=length, seed=seed,
+        tokenizer_dirs=(Path(artifact), Path(reference)),
+    )
+    return QualityReport(artifact=str(artifact), reference=str(reference), tokens=what, **compare(art, ref, ids))
+
+
+def default_json_path(artifact: str | Path) -> Path:
+    """Beside the artifact folder (never inside it: the manifest describes its files)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".quality.json")

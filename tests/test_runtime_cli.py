@@ -1,0 +1,41 @@
+"""`zaya-edge run`, `chat` and `inspect` as a person uses them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "zaya_edge.cli", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_streams_text_and_stats(tiny_artifact):
+    proc = cli("run", tiny_artifact[1], "hello there", "--max-new-tokens", "12", "--seed", "3", "--stats")
+    assert proc.returncode == 0, proc.stderr
+    again = cli("run", tiny_artifact[1], "hello there", "--max-new-tokens", "12", "--seed", "3")
+    assert proc.stdout == again.stdout and proc.stdout.strip()
+    assert "tok/s" in proc.stderr and "peak RSS" in proc.stderr
+
+
+def test_chat_turns_reset_and_stats(tiny_artifact):
+    script = "first\n/stats\nsecond\n/reset\nthird\n/quit\n"
+    proc = cli("chat", tiny_artifact[1], "--max-new-tokens", "6", "--seed", "1", stdin=script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(">>> ") >= 5
+    assert "conversation cleared" in proc.stderr and "tok/s" in proc.stderr
+
+
+def test_inspect_reports_memory_and_ops(tiny_artifact):
+    proc = cli("inspect", tiny_artifact[1], "--context", "1000", "--batch", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    mem = report["memory_estimate"]
+    model = tiny_artifact[0].config
+    kv = model.num_hidden_layers * 2 * model.num_key_value_heads * model.head_dim * 4 * 1000 * 2
+    assert mem["kv_cache_bytes"] == kv
+    assert report["ops"]["ai.zaya"]["Router"] == model.num_hidden_layers
+    text = cli("inspect", tiny_artifact[1], "--load")
+    assert text.returncode == 0 and "router kernel" in text.stdout

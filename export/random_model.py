@@ -64,3 +64,45 @@ def tiny_model(seed: int = 0, dtype=None, **overrides):
     if dtype is not None:
         model = model.to(dtype)
     return model
+
+
+class MarkovLanguage:
+    """A synthetic language: every token has one likely successor (probability `follow`)."""
+
+    def __init__(self, vocab_size: int, seed: int = 0, follow: float = 0.8, first: int = 4):
+        import numpy as np
+
+        self.vocab_size, self.follow, self.first = vocab_size, follow, first
+        self.successor = np.random.default_rng(seed).integers(first, vocab_size, vocab_size)
+
+    def sample(self, batch: int, length: int, seed: int):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        ids = np.empty((batch, length), np.int64)
+        ids[:, 0] = rng.integers(self.first, self.vocab_size, batch)
+        for t in range(1, length):
+            noise = rng.integers(self.first, self.vocab_size, batch)
+            ids[:, t] = np.where(rng.random(batch) < self.follow, self.successor[ids[:, t - 1]], noise)
+        return ids
+
+
+def train_briefly(model, language: MarkovLanguage, steps: int = 40, lr: float = 1e-2, seed: int = 0):
+    """A few Adam steps on `language`, in place; returns the model in eval mode.
+
+    A random model's next-token distribution is nearly flat (tiny top-1 margins), so any weight
+    noise flips its argmax; after a little training its predictions are confident like a real
+    LM's, which is what quantization quality should be judged on.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        ids = torch.as_tensor(language.sample(8, 32, seed=seed * 100_003 + step))
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -11,22 +11,19 @@ from zaya_edge.runtime.types import SamplingParams
 
 
 def test_top_k_keeps_k_best():
-    logits = np.array([1.0, 5.0, 3.0, 4.0, 2.0])
-    out = sampling.top_k_filter(logits, 2)
-    assert set(np.flatnonzero(np.isfinite(out))) == {1, 3}
+    weights = np.array([1.0, 5.0, 3.0, 4.0, 2.0])
+    assert set(sampling.top_k(weights, np.arange(5), 2)) == {1, 3}
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
-    probs = np.array([0.5, 0.3, 0.15, 0.05])
-    out = sampling.top_p_filter(probs, 0.8)
-    assert np.count_nonzero(out) == 2 and out.sum() == pytest.approx(1.0)
-    assert np.count_nonzero(sampling.top_p_filter(probs, 0.81)) == 3
+    w = np.array([0.5, 0.3, 0.15, 0.05])
+    assert set(sampling.top_p(w, np.arange(4), 0.8, 1.0)) == {0, 1}
+    assert set(sampling.top_p(w, np.arange(4), 0.81, 1.0)) == {0, 1, 2}
 
 
 def test_min_p_drops_unlikely_tokens():
-    probs = np.array([0.6, 0.3, 0.07, 0.03])
-    out = sampling.min_p_filter(probs, 0.1)  # threshold 0.06
-    assert np.flatnonzero(out).tolist() == [0, 1, 2]
+    w = np.array([0.6, 0.3, 0.07, 0.03])
+    assert sampling.min_p(w, np.arange(4), 0.1).tolist() == [0, 1, 2]  # threshold 0.06
 
 
 def test_repetition_penalty_direction():
@@ -76,3 +73,23 @@ def test_chat_template_renders_chatml(tokenizer):
     ids = tokenizer.chat_prompt("hi")
     text = tokenizer.decode(ids)
     assert text == "<bos><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_top_p_widening_equals_a_full_sort():
+    """The candidate-partition shortcut keeps exactly the set a full sort would keep."""
+    rng = np.random.default_rng(3)
+    for temperature in (0.3, 1.0, 3.0):
+        z = rng.normal(size=5000) / temperature
+        w = np.exp(z - z.max())
+        for p in (0.5, 0.9, 0.999):
+            order = np.argsort(-w, kind="stable")
+            keep = order[(np.cumsum(w[order]) - w[order]) / w.sum() < p]
+            assert set(sampling.top_p(w, np.arange(w.size), p, w.sum())) == set(keep)
+
+
+def test_draw_follows_the_distribution():
+    probs = np.array([0.1, 0.0, 0.6, 0.3])
+    rng = sampling.make_rng(0)
+    counts = np.bincount([sampling.draw(probs, rng) for _ in range(4000)], minlength=4)
+    assert counts[1] == 0
+    assert np.allclose(counts / 4000, probs, atol=0.03)

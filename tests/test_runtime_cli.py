@@ -39,3 +39,14 @@ def test_inspect_reports_memory_and_ops(tiny_artifact):
     assert report["ops"]["ai.zaya"]["Router"] == model.num_hidden_layers
     text = cli("inspect", tiny_artifact[1], "--load")
     assert text.returncode == 0 and "router kernel" in text.stdout
+
+
+def test_bench_smoke(tiny_artifact, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = cli("bench", tiny_artifact[1], "--prompt", "8", "--new-tokens", "4", "--prefill", "16",
+               "--batches", "2", "--runs", "1", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "decode batch 1" in proc.stdout and "prefill" in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result["median"]) == {"decode_tok_s_b1", "ttft_s", "prefill_tok_s", "decode_tok_s_b2"}
+    assert all(v > 0 for v in result["median"].values())

@@ -280,5 +280,35 @@ def inspect(artifact, context, batch, load_session, as_json):
     click.echo(_json.dumps(report, indent=2) if as_json else report["text"])
 
 
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--prompt", type=int, default=128, show_default=True, help="Prompt tokens before the decode runs.")
+@click.option("--new-tokens", type=int, default=128, show_default=True, help="Tokens decoded per sequence.")
+@click.option("--prefill", type=int, default=512, show_default=True, help="Prompt tokens of the prefill run.")
+@click.option("--batches", default="8,16", show_default=True, help="Batch sizes for aggregate decode (comma-separated).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Repetitions; medians are reported.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Also write the results as JSON.")
+def bench(artifact, threads, prompt, new_tokens, prefill, batches, runs, json_path):
+    """Measure decode, prefill and batched throughput of ARTIFACT (medians of interleaved runs)."""
+    import json as _json
+
+    from zaya_edge.bench import bench_artifact, format_report
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(",") if b.strip())
+    except ValueError:
+        raise ZayaEdgeError(f"--batches must be comma-separated integers, got {batches!r}") from None
+    if runs < 1 or prompt < 1 or new_tokens < 2 or prefill < 1 or any(b < 1 for b in sizes):
+        raise ZayaEdgeError("--runs, --prompt, --prefill and batch sizes must be >= 1, --new-tokens >= 2")
+    result = bench_artifact(artifact, threads=threads, prompt=prompt, new_tokens=new_tokens, prefill=prefill,
+                            batches=sizes, runs=runs)
+    click.echo(format_report(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            _json.dump(result, f, indent=2)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,88 @@
+"""`zaya-edge bench`: the runtime's speed and memory on one artifact, as medians.
+
+Workloads (token counts configurable): batch-1 decode after a short prompt, a long-prompt
+prefill, and aggregate decode at larger batches. Runs are repeated and interleaved (one of
+each workload per round) so slow spells of a shared machine hit all workloads alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zaya_edge import artifact as A
+from zaya_edge.runtime import Engine, Request, SamplingParams
+from zaya_edge.runtime.engine import peak_rss_bytes
+
+
+def _prompts(vocab: int, n: int, length: int, seed: int) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(t) for t in rng.integers(16, vocab, length)) for _ in range(n)]
+
+
+def bench_artifact(
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    prompt: int = 128,
+    new_tokens: int = 128,
+    prefill: int = 512,
+    batches: tuple[int, ...] = (8, 16),
+    runs: int = 3,
+    seed: int = 0,
+    on_result=None,
+) -> dict:
+    t0 = time.perf_counter()
+    engine = Engine.load(path, threads=threads, max_batch=max((1, *batches)))
+    load_s = time.perf_counter() - t0
+    vocab = engine.dims.vocab_size
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, ignore_eos=True)
+    engine.generate_batch([Request(_prompts(vocab, 1, 8, seed)[0], SamplingParams(temperature=0.0, max_new_tokens=4, ignore_eos=True))])
+    samples: dict[str, list[float]] = {}
+
+    def record(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+        if on_result:
+            on_result(key, value)
+
+    for run in range(runs):
+        engine.generate_batch([Request(_prompts(vocab, 1, prompt, seed + run)[0], greedy)])
+        s = engine.last_stats
+        record("decode_tok_s_b1", s.decode_tokens_per_s)
+        record("ttft_s", s.time_to_first_token_s)
+        engine.generate_batch([Request(_prompts(vocab, 1, prefill, seed + 100 + run)[0], SamplingParams(temperature=0.0, max_new_tokens=1, ignore_eos=True))])
+        record("prefill_tok_s", engine.last_stats.prefill_tokens_per_s)
+        for b in batches:
+            engine.generate_batch([Request(p, greedy) for p in _prompts(vocab, b, prompt, seed + 1000 * b + run)])
+            record(f"decode_tok_s_b{b}", engine.last_stats.decode_tokens_per_s)
+    manifest = engine.manifest
+    artifact_bytes = sum(rec["bytes"] for rec in manifest.files.values())
+    return {
+        "artifact": str(path),
+        "precision": manifest.precision,
+        "threads": threads,
+        "workload": {"prompt": prompt, "new_tokens": new_tokens, "prefill": prefill, "batches": list(batches), "runs": runs},
+        "load_s": load_s,
+        "median": {k: statistics.median(v) for k, v in samples.items()},
+        "samples": samples,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "artifact_bytes": artifact_bytes,
+        "weights_bytes": sum(manifest.files[n]["bytes"] for n in (A.MODEL_FILE, A.DATA_FILE) if n in manifest.files),
+        "kv_bytes_per_token": engine.dims.kv_bytes_per_token,
+        "router_kernel": "native" if engine.session.uses_native_kernels else "function fallback",
+    }
+
+
+def format_report(r: dict) -> str:
+    m = r["median"]
+    lines = [f"{r['artifact']} ({r['precision']}, router: {r['router_kernel']}, {r['workload']['runs']} runs, medians)"]
+    lines.append(f"  decode batch 1      {m['decode_tok_s_b1']:8.1f} tok/s   (prompt {r['workload']['prompt']}, {r['workload']['new_tokens']} new)")
+    for b in r["workload"]["batches"]:
+        lines.append(f"  decode batch {b:<6} {m[f'decode_tok_s_b{b}']:8.1f} tok/s   (aggregate)")
+    lines.append(f"  prefill             {m['prefill_tok_s']:8.1f} tok/s   (prompt {r['workload']['prefill']})")
+    lines.append(f"  time to first token {m['ttft_s'] * 1000:8.1f} ms")
+    lines.append(f"  peak RSS            {r['peak_rss_bytes'] / 2**30:8.2f} GiB  (artifact {r['artifact_bytes'] / 2**30:.2f} GiB)")
+    return "\n".join(lines)

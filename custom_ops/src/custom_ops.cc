@@ -117,9 +117,33 @@ OrtStatusPtr to_status(const OrtApi& api, const char* msg, OrtErrorCode code = O
   return api.CreateStatus(code, msg);
 }
 
+// A constant [K, M] weight copied once into the CPU kernel's panel layout.
+struct PackedWeight {
+  std::vector<float> data;
+  int64_t k = 0, m = 0;
+
+  const float* get(const std::vector<int64_t>& shape) const {
+    return !data.empty() && shape.size() == 2 && shape[0] == k && shape[1] == m ? data.data() : nullptr;
+  }
+};
+
+PackedWeight pack_if_constant(const OrtKernelInfo* info, int index) {
+  PackedWeight p;
+  int is_constant = 0;
+  Ort::ConstValue value = Ort::ConstKernelInfo(info).GetTensorConstantInput(index, &is_constant);
+  if (!is_constant || !value) return p;
+  auto type_shape = value.GetTensorTypeAndShapeInfo();
+  const auto shape = type_shape.GetShape();
+  if (type_shape.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || shape.size() != 2) return p;
+  p.k = shape[0], p.m = shape[1];
+  p.data = zaya::pack_weight(value.GetTensorData<float>(), p.k, p.m);
+  return p;
+}
+
 template <Provider P>
 struct RouterKernel {
   float epsilon;
+  PackedWeight down_w, fc1_w, fc2_w;  // CPU only: constant weights in panel layout
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     try {
@@ -127,6 +151,9 @@ struct RouterKernel {
       zaya::RouterArgs a = bind(ctx, epsilon);
       g_computes[P].fetch_add(1, std::memory_order_relaxed);
       if constexpr (P == kCpu) {
+        a.down_w_packed = down_w.get({a.h, a.r});
+        a.fc1_w_packed = fc1_w.get({a.r, a.r});
+        a.fc2_w_packed = fc2_w.get({a.r, a.r});
         zaya::ParallelFor pfor = [&ctx](size_t total, const std::function<void(size_t)>& fn) {
           ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const std::function<void(size_t)>*>(data))(i); },
                           total, 0, const_cast<std::function<void(size_t)>*>(&fn));
@@ -152,7 +179,13 @@ template <Provider P>
 struct RouterOp : Ort::CustomOpBase<RouterOp<P>, RouterKernel<P>, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const noexcept {
     try {
-      *kernel = new RouterKernel<P>{read_epsilon(api, info)};
+      auto* k = new RouterKernel<P>{read_epsilon(api, info), {}, {}, {}};
+      if constexpr (P == kCpu) {
+        k->down_w = pack_if_constant(info, DOWN_W);
+        k->fc1_w = pack_if_constant(info, FC1_W);
+        k->fc2_w = pack_if_constant(info, FC2_W);
+      }
+      *kernel = k;
       g_kernels[P].fetch_add(1, std::memory_order_relaxed);
       return nullptr;
     } catch (const std::exception& e) {

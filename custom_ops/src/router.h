@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace zaya {
 
@@ -33,6 +34,11 @@ struct RouterArgs {
   float* weight = nullptr;            // [N, C-1]
   int64_t n = 0, h = 0, r = 0, c = 0;
   float epsilon = 1e-5f;
+  // Optional CPU copies of down_w / fc1_w / fc2_w in panel layout (pack_weight), made once
+  // when the weights are constant initializers: the matmuls then stream them contiguously.
+  const float* down_w_packed = nullptr;
+  const float* fc1_w_packed = nullptr;
+  const float* fc2_w_packed = nullptr;
 };
 
 // Runs fn(i) for every i in [0, total), possibly on several threads (the ORT thread pool).
@@ -40,6 +46,10 @@ using ParallelFor = std::function<void(size_t total, const std::function<void(si
 
 // CPU kernel. `pfor` may be null (single thread).
 void router_cpu(const RouterArgs& a, const ParallelFor& pfor);
+
+// A [K, M] weight in the CPU kernel's panel layout: column tiles of panel width (chosen for this
+// CPU), each tile K rows of contiguous, zero-padded columns.
+std::vector<float> pack_weight(const float* w, int64_t k, int64_t m);
 
 // GPU kernel (CUDA or HIP build): enqueues on `stream` (the execution provider's); returns
 // nullptr on success or a one-line error message (valid until the next call on this thread).

@@ -6,8 +6,8 @@ slice (~256 MB) whatever the model size. The initialisation is perturbed like
 ±0.005, router MLP weights ×2, balancing biases that make the skip class reachable), so an
 export of it exercises what a real checkpoint would.
 
-    .venv/bin/python benchmarks/make_full_checkpoint.py .cache/zaya1-8b-random            # 40 layers
-    .venv/bin/python benchmarks/make_full_checkpoint.py .cache/zaya1-8b-4l --layers 4
+    .venv/bin/python benchmarks/make_full_checkpoint.py                 # .cache/zaya1-random-40l
+    .venv/bin/python benchmarks/make_full_checkpoint.py --layers 4      # .cache/zaya1-random-4l
 """
 
 from __future__ import annotations
@@ -145,14 +145,14 @@ def make_checkpoint(out: Path, layers: int = 40, seed: int = 0, shard_gb: float 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, nargs="?", default=Path(".cache/zaya1-8b-random"))
+    ap.add_argument("out", type=Path, nargs="?", default=None, help="default: .cache/zaya1-random-<layers>l")
     ap.add_argument("--layers", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-gb", type=float, default=2.0)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = make_checkpoint(args.out, args.layers, args.seed, args.shard_gb, args.force)
+    out = make_checkpoint(args.out or Path(".cache") / f"zaya1-random-{args.layers}l", args.layers, args.seed, args.shard_gb, args.force)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out}: {args.layers} layers, {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
 

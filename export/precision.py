@@ -13,11 +13,11 @@ from zaya_edge.config import ZayaDims
 from zaya_edge.errors import ZayaEdgeError
 
 from .quant import BLOCK_SIZES, METHODS, QuantSpec
-from .quant_layers import ACCURACY_LEVEL, EXPERT_SCALE_DTYPE
+from .quant_layers import ACCURACY_LEVEL, SCALE_DTYPE
 
 DEFAULT_PRECISION = "int4"
 DEFAULT_BLOCK_SIZE = 32
-DEFAULT_METHOD = "rtn"
+DEFAULT_METHOD = "mse"  # lower KL than rtn at int4 on the tiny models (benchmarks/quant_methods.py)
 TABLE_PRECISIONS = ("int4", "int8")
 _BITS = {"int4": 4, "int8": 8}
 
@@ -41,7 +41,7 @@ class Precision:
             "lm_head_bits": self.lm_head_bits,
             "tied_table": "one quantized initializer: GatherBlockQuantized (embedding) + MatMulNBits (lm_head)",
             "accuracy_level": ACCURACY_LEVEL,
-            "scales": {"MatMulNBits": "float32", "QMoE": str(EXPERT_SCALE_DTYPE.__name__)},
+            "scales": f"{SCALE_DTYPE.__name__} (MatMulNBits reads them through a Cast folded at load)",
             "float_tensors": "router, norms, residual scales, conv kernels, biases: fp32 compute; "
                              "stored in the checkpoint's bf16/fp16 when it has them (exact)",
         }

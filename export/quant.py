@@ -24,7 +24,7 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 # Candidate clipping ratios of the MSE search (fractions of the block's range), then one
 # least-squares rescale of the winner. Chosen to stay within ~6x the cost of RTN.
 _MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
-_CHUNK_ELEMENTS = 1 << 20  # rows are processed in chunks of ~4 MB of fp32 to stay in cache
+_CHUNK_ELEMENTS = 1 << 18  # rows are processed in chunks of ~1 MB of fp32 to stay in cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,8 @@ def pack_values(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 # ---- internals ---------------------------------------------------------------------------------
+# x is [rows, n_blocks, block] fp32; scales and zero points are [rows, n_blocks]. During the
+# search codes stay float (no uint8 round trips) and division is a multiply by 1/scale.
 def _blocks(w: np.ndarray, block: int) -> np.ndarray:
     rows, k = w.shape
     pad = -k % block
@@ -101,37 +103,21 @@ def _blocks(w: np.ndarray, block: int) -> np.ndarray:
 
 def _quantize_blocks(x: np.ndarray, spec: QuantSpec, scale_dtype):
     if spec.symmetric:
-        scale = _symmetric_scale(x, spec)
-        candidates = [scale]
-        if spec.method == "mse":
-            candidates = [scale * np.float32(r) for r in _MSE_RATIOS]
-        best = _best_symmetric(x, candidates, spec, scale_dtype)
-        if spec.method == "mse":
-            best = _best_symmetric(x, [best, _refit_symmetric(x, best, spec)], spec, scale_dtype)
-        s = best.astype(scale_dtype)
-        return _round(x, s, np.float32(spec.mid), spec), s, None
-    lo, hi = np.minimum(x.min(-1), 0), np.maximum(x.max(-1), 0)
-    ratios = _MSE_RATIOS if spec.method == "mse" else (1.0,)
-    best_err, best = None, None
-    for r in ratios:
-        cand = _asymmetric_params(lo * np.float32(r), hi * np.float32(r), spec, scale_dtype)
-        if spec.method == "mse":
-            err = _error(x, *cand, spec)
-            cand2 = _refit_asymmetric(x, *cand, spec, scale_dtype)
-            err2 = _error(x, *cand2, spec)
-            better = err2 < err
-            cand = tuple(np.where(better, b, a) for a, b in zip(cand, cand2))
-            err = np.minimum(err, err2)
-        else:
-            err = None
-        if best is None:
-            best, best_err = cand, err
-        else:
-            better = err < best_err
-            best = tuple(np.where(better, b, a) for a, b in zip(best, cand))
-            best_err = np.minimum(best_err, err)
+        zp = np.full(x.shape[:-1], spec.mid, np.float32)
+        base = _symmetric_scale(x, spec)
+        candidates = [(base * np.float32(r), zp) for r in (_MSE_RATIOS if spec.method == "mse" else (1.0,))]
+        refit = _refit_symmetric
+    else:
+        lo, hi = np.minimum(x.min(-1), 0), np.maximum(x.max(-1), 0)
+        candidates = [_asymmetric_params(lo * np.float32(r), hi * np.float32(r), spec)
+                      for r in (_MSE_RATIOS if spec.method == "mse" else (1.0,))]
+        refit = _refit_asymmetric
+    best = _best(x, candidates, spec, scale_dtype)
+    if spec.method == "mse":
+        best = _best(x, [best, refit(x, *best, spec)], spec, scale_dtype)
     s, z = best
-    return _round(x, s, z.astype(np.float32), spec), s.astype(scale_dtype), z.astype(np.uint8)
+    q = _codes(x, s, z, spec)
+    return q.astype(np.uint8), s.astype(scale_dtype), None if spec.symmetric else z.astype(np.uint8)
 
 
 def _symmetric_scale(x, spec):
@@ -142,67 +128,68 @@ def _symmetric_scale(x, spec):
     return (extreme / -np.float32(spec.mid)).astype(np.float32)
 
 
-def _round(x, scale, zp, spec):
-    s = scale.astype(np.float32)[..., None]
-    safe = np.where(s == 0, np.float32(1), s)
-    zp = np.broadcast_to(zp, scale.shape)[..., None] if np.ndim(zp) else zp
-    q = np.rint(x / safe) + zp
-    q = np.where(s == 0, zp, q)
-    return np.clip(q, 0, spec.qmax).astype(np.uint8)
+def _codes(x, scale, zp, spec):
+    """Stored codes as float: clip(rint(x / scale) + zp, 0, qmax); a zero scale gives zp."""
+    inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale != 0)
+    q = x * inv[..., None]
+    np.rint(q, out=q)
+    q += zp[..., None]
+    return np.clip(q, 0, spec.qmax, out=q)
 
 
-def _error(x, scale, zp, spec):
-    s = scale.astype(np.float32)
-    zpf = np.broadcast_to(np.asarray(zp, np.float32), s.shape)
-    q = _round(x, s, zpf, spec).astype(np.float32)
-    d = (q - zpf[..., None]) * s[..., None] - x
+def _sq_error(x, scale, zp, spec):
+    d = _codes(x, scale, zp, spec)
+    d -= zp[..., None]
+    d *= scale[..., None]
+    d -= x
     return np.einsum("...i,...i->...", d, d)
 
 
-def _best_symmetric(x, candidates, spec, scale_dtype):
-    if len(candidates) == 1:
-        return candidates[0]
-    mid = np.float32(spec.mid)
-    best, best_err = None, None
-    for c in candidates:
-        c = c.astype(scale_dtype).astype(np.float32)
-        err = _error(x, c, mid, spec)
-        if best is None:
-            best, best_err = c, err
+def _best(x, candidates, spec, scale_dtype):
+    """Per block, the (scale, zero point) candidate with the least squared error."""
+    best_s, best_z, best_err = None, None, None
+    for s, z in candidates:
+        s = s.astype(scale_dtype).astype(np.float32)  # judge what will be stored
+        if len(candidates) == 1:
+            return s, z
+        err = _sq_error(x, s, z, spec)
+        if best_s is None:
+            best_s, best_z, best_err = s, z, err
         else:
             better = err < best_err
-            best = np.where(better, c, best)
+            best_s, best_z = np.where(better, s, best_s), np.where(better, z, best_z)
             best_err = np.minimum(err, best_err)
-    return best
+    return best_s, best_z
 
 
-def _refit_symmetric(x, scale, spec):
+def _refit_symmetric(x, scale, zp, spec):
     """Least-squares scale for fixed codes: s = <x, q> / <q, q>."""
-    q = _round(x, scale, np.float32(spec.mid), spec).astype(np.float32) - np.float32(spec.mid)
+    q = _codes(x, scale, zp, spec)
+    q -= zp[..., None]
     num = np.einsum("...i,...i->...", x, q)
     den = np.einsum("...i,...i->...", q, q)
-    return np.where(den > 0, num / np.where(den > 0, den, 1), scale).astype(np.float32)
+    ok = den > 0
+    return np.where(ok, num / np.where(ok, den, 1), scale).astype(np.float32), zp
 
 
-def _asymmetric_params(lo, hi, spec, scale_dtype):
-    scale = ((hi - lo) / np.float32(spec.qmax)).astype(scale_dtype).astype(np.float32)
-    safe = np.where(scale == 0, np.float32(1), scale)
-    zp = np.clip(np.rint(-lo / safe), 0, spec.qmax).astype(np.float32)
+def _asymmetric_params(lo, hi, spec):
+    scale = ((hi - lo) / np.float32(spec.qmax)).astype(np.float32)
+    inv = np.divide(1, scale, out=np.zeros_like(scale), where=scale != 0)
+    zp = np.clip(np.rint(-lo * inv), 0, spec.qmax).astype(np.float32)
     return scale, zp
 
 
-def _refit_asymmetric(x, scale, zp, spec, scale_dtype):
+def _refit_asymmetric(x, scale, zp, spec):
     """Least-squares (scale, offset) for fixed codes, the zero point rounded back to an integer."""
-    q = _round(x, scale, zp, spec).astype(np.float32)
+    q = _codes(x, scale, zp, spec)
     n = np.float32(x.shape[-1])
     sq, sx = q.sum(-1), x.sum(-1)
     sqq, sqx = np.einsum("...i,...i->...", q, q), np.einsum("...i,...i->...", q, x)
     den = n * sqq - sq * sq
     ok = den > 0
-    s = np.where(ok, (n * sqx - sq * sx) / np.where(ok, den, 1), scale)
+    s = np.where(ok, (n * sqx - sq * sx) / np.where(ok, den, 1), scale).astype(np.float32)
     c = np.where(ok, (sx - s * sq) / n, -zp * scale)
-    s = s.astype(scale_dtype).astype(np.float32)
-    safe = np.where(s == 0, np.float32(1), s)
-    z = np.clip(np.rint(-c / safe), 0, spec.qmax).astype(np.float32)
+    inv = np.divide(1, s, out=np.zeros_like(s), where=s != 0)
+    z = np.clip(np.rint(-c * inv), 0, spec.qmax).astype(np.float32)
     bad = (s <= 0) | ~ok
     return np.where(bad, scale, s), np.where(bad, zp, z)

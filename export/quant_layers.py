@@ -27,7 +27,10 @@ from .quant_layout import (
 
 MS = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations: 2.6-4x faster decode for ~0.5% error (onnxruntime-notes)
-EXPERT_SCALE_DTYPE = np.float16  # QMoE takes fp16 scales with fp32 activations; halves their bytes
+# Scales are stored as fp16 (half their bytes; 4.5 instead of 5 bits per weight at block 32):
+# QMoE reads them as they are, MatMulNBits (scales must match the fp32 activations) through a
+# Cast that onnxruntime constant-folds at load, so its weights are still prepacked.
+SCALE_DTYPE = np.float16
 _EMBED_ROWS = 16384  # embedding rows quantized per slice (~128 MB of fp32 at H = 2048)
 
 _DTYPES = {np.dtype(np.uint8): ir.DataType.UINT8, np.dtype(np.float32): ir.DataType.FLOAT,
@@ -56,12 +59,14 @@ class _Parts:
 class QuantTable:
     """A quantized [V, H] matrix shared by the embedding lookup and the lm_head."""
 
-    def __init__(self, values: dict[str, ir.Value], spec: QuantSpec, rows: int, cols: int):
-        self.values, self.spec, self.rows, self.cols = values, spec, rows, cols
+    def __init__(self, values: dict[str, ir.Value], scales: ir.Value, spec: QuantSpec, rows: int, cols: int):
+        self.values, self.scales, self.spec, self.rows, self.cols = values, scales, spec, rows, cols
         self.gather_scales: ir.Value | None = None
 
 
 class QuantizedLayers:
+    """Emits the quantized nodes of one graph; the decoder builder calls it where fp32 has MatMul/MoE/Gather."""
+
     def __init__(self, e: Emitter, ckpt: Checkpoint, spec: QuantSpec, table_bits: int):
         self.e, self.ckpt, self.spec = e, ckpt, spec
         self.table_spec = QuantSpec(table_bits, spec.block_size, spec.symmetric, spec.method)
@@ -86,13 +91,16 @@ class QuantizedLayers:
             return out
 
         shapes = matmulnbits_shapes(n, k, spec)
-        dtypes = {"B": np.uint8, "scales": np.float32, "zero_points": np.uint8}
+        dtypes = {"B": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8}
         w = self._initializers(name, shapes, dtypes, _Parts(compute))
-        return self._matmulnbits(path, x, w, n, k, spec)
+        return self._matmulnbits(path, x, w, self._fp32(name, w["scales"]), n, k, spec)
 
-    def _matmulnbits(self, path, x, w, n, k, spec, bias=None):
+    def _fp32(self, name: str, scales: ir.Value) -> ir.Value:
+        return self.e.op("Cast", f"/model/weights/{name}.scales", [scales], {"to": ir.DataType.FLOAT})
+
+    def _matmulnbits(self, path, x, w, scales, n, k, spec, bias=None):
         return self.e.op(
-            "MatMulNBits", path, [x, w["B"], w["scales"], w.get("zero_points"), None, bias],
+            "MatMulNBits", path, [x, w["B"], scales, w.get("zero_points"), None, bias],
             {"K": k, "N": n, "bits": spec.bits, "block_size": spec.block_size, "accuracy_level": ACCURACY_LEVEL},
             domain=MS,
         )
@@ -113,12 +121,12 @@ class QuantizedLayers:
             def run():
                 parts = []
                 for x in range(n_exp):
-                    parts.append(qmoe_pack(qmoe_expert(transform(ckpt.read_rows(name, x, x + 1)[0]), spec, EXPERT_SCALE_DTYPE), spec))
+                    parts.append(qmoe_pack(qmoe_expert(transform(ckpt.read_rows(name, x, x + 1)[0]), spec, SCALE_DTYPE), spec))
                 return {key: np.stack([p[key] for p in parts]) for key in parts[0]}
 
             return run
 
-        dtypes = {"weights": np.uint8, "scales": EXPERT_SCALE_DTYPE, "zero_points": np.uint8}
+        dtypes = {"weights": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8}
         fc1 = self._initializers(gate_up + ".qmoe", qmoe_shapes(n_exp, two_i, h, spec), dtypes,
                                  _Parts(compute(gate_up, interleave_gate_up)))
         fc2 = self._initializers(down + ".qmoe", qmoe_shapes(n_exp, h, inter, spec), dtypes,
@@ -148,7 +156,7 @@ class QuantizedLayers:
         def compute():
             shapes = matmulnbits_shapes(rows, cols, spec)
             out = {k: np.empty(s, np.uint8) for k, s in shapes.items()}
-            out["scales"] = np.empty(shapes["scales"], np.float32)
+            out["scales"] = np.empty(shapes["scales"], SCALE_DTYPE)
             if not spec.symmetric:
                 out["gather_zero_points"] = np.empty(shapes["scales"] + (1,), np.uint8)
             for r0 in range(0, rows, _EMBED_ROWS):
@@ -160,15 +168,17 @@ class QuantizedLayers:
         shapes = matmulnbits_shapes(rows, cols, spec)
         if not spec.symmetric:
             shapes["gather_zero_points"] = shapes["scales"] + (1,)
-        dtypes = {"B": np.uint8, "scales": np.float32, "zero_points": np.uint8, "gather_zero_points": np.uint8}
-        return QuantTable(self._initializers(f"{name}.q{spec.bits}", shapes, dtypes, _Parts(compute)), spec, rows, cols)
+        dtypes = {"B": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8, "gather_zero_points": np.uint8}
+        prefix = f"{name}.q{spec.bits}"
+        values = self._initializers(prefix, shapes, dtypes, _Parts(compute))
+        return QuantTable(values, self._fp32(prefix, values["scales"]), spec, rows, cols)
 
     def embed(self, path: str, table: QuantTable, ids) -> ir.Value:
         """ids [B,S] ─ GatherBlockQuantized(table) ─► [B,S,n_blocks,block] ─ Reshape ─► [B,S,H]"""
         e, spec = self.e, table.spec
         if table.gather_scales is None:
             axes = e.const(np.asarray([2], np.int64))
-            table.gather_scales = e.op("Unsqueeze", f"{path}/scales_3d", [table.values["scales"], axes])
+            table.gather_scales = e.op("Unsqueeze", f"{path}/scales_3d", [table.scales, axes])
         rows = e.op(
             "GatherBlockQuantized", path,
             [table.values["B"], ids, table.gather_scales, table.values.get("gather_zero_points")],
@@ -179,5 +189,5 @@ class QuantizedLayers:
 
     def head(self, path: str, table: QuantTable, flat, bias=None) -> ir.Value:
         """flat [N,H] ─ MatMulNBits(tableᵀ) ─► logits [N,V]"""
-        return self._matmulnbits(path, flat, table.values, table.rows, table.cols, table.spec, bias)
+        return self._matmulnbits(path, flat, table.values, table.scales, table.rows, table.cols, table.spec, bias)
 

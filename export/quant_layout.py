@@ -1,6 +1,7 @@
 """The byte layouts onnxruntime's quantized kernels read (CPU EP, measured in onnxruntime-notes).
 
-    MatMulNBits         B [N, n_blocks, block·bits/8] uint8   scales [N, n_blocks] (type of A)
+    MatMulNBits         B [N, n_blocks, block·bits/8] uint8   scales [N, n_blocks] (the type of A:
+                        stored fp16 here and Cast to fp32, which onnxruntime folds at load)
                         zero_points [N, ceil(n_blocks·bits/8)] uint8 (absent when symmetric:
                         the kernel then assumes 2^(bits-1); an explicit all-8 buffer is garbage)
     GatherBlockQuantized the same B read as [V, n_blocks, block·bits/8] with quantize_axis 2,
@@ -36,9 +37,9 @@ def matmulnbits_shapes(n: int, k: int, spec: QuantSpec) -> dict[str, tuple[int, 
     return shapes
 
 
-def matmulnbits_arrays(w: np.ndarray, spec: QuantSpec) -> dict[str, np.ndarray]:
-    """nn.Linear weight [N, K] (fp32) -> MatMulNBits initializers (scales fp32)."""
-    b = quantize(w, spec, np.float32)
+def matmulnbits_arrays(w: np.ndarray, spec: QuantSpec, scale_dtype=np.float16) -> dict[str, np.ndarray]:
+    """nn.Linear weight [N, K] (fp32) -> MatMulNBits initializers."""
+    b = quantize(w, spec, scale_dtype)
     out = {"B": pack_values(b.q, spec.bits), "scales": b.scales}
     if b.zero_points is not None:
         out["zero_points"] = pack_values(b.zero_points, spec.bits)

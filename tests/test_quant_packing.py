@@ -63,7 +63,7 @@ def test_matmulnbits_bytes_dequantize_close_to_weights(spec):
     w = rng.standard_normal((48, 128)).astype(np.float32) * 0.05
     arrays, ref = _matmulnbits_ref(w, spec)
     assert arrays["B"].dtype == np.uint8 and arrays["B"].shape == (48, 128 // spec.block_size, spec.block_size * spec.bits // 8)
-    assert arrays["scales"].shape == (48, 128 // spec.block_size) and arrays["scales"].dtype == np.float32
+    assert arrays["scales"].shape == (48, 128 // spec.block_size) and arrays["scales"].dtype == np.float16
     assert ("zero_points" in arrays) == (not spec.symmetric)
     step = np.repeat(np.abs(arrays["scales"]), spec.block_size, axis=1)
     err = (ref - w) ** 2
@@ -86,6 +86,7 @@ def test_matmulnbits_kernel_reads_our_bytes(tmp_path, spec, k):
     w = rng.standard_normal((n, k)).astype(np.float32)
     arrays, ref = _matmulnbits_ref(w, spec)
     x = ir.val("x", ir.DataType.FLOAT, (3, k))
+    arrays["scales"] = arrays["scales"].astype(np.float32)  # exact; MatMulNBits wants A's type
     inits = {key: ir.Value(name=key, const_value=ir.tensor(arr, name=key)) for key, arr in arrays.items()}
     node = ir.node("MatMulNBits", [x, inits["B"], inits["scales"], inits.get("zero_points")], domain=MS,
                    attributes={"K": k, "N": n, "bits": spec.bits, "block_size": spec.block_size, "accuracy_level": 0})

@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "router.h"
@@ -288,7 +290,6 @@ ZAYA_INLINE void panel_tile(const float* x, int64_t ldx, const float* panel, int
 template <typename V, int T, int NV>
 ZAYA_INLINE void panel_rows(int64_t rows, const float* x, int64_t ldx, const float* panel, int64_t kb, float* out,
                             int64_t ldo, bool accumulate) {
-  constexpr int JB = NV * static_cast<int>(sizeof(V) / sizeof(float));
   int64_t t = 0;
   for (; t + T <= rows; t += T) panel_tile<V, T, NV>(x + t * ldx, ldx, panel, kb, out + t * ldo, ldo, accumulate);
   if constexpr (T > 4) {
@@ -390,14 +391,20 @@ ZAYA_TARGET_V4 void panel_avx512(int64_t rows, const float* x, int64_t ldx, cons
 }
 #endif
 
+// The best panel kernel this CPU runs. ZAYA_EDGE_CPU_ISA=generic|avx2 picks a lower one (tests
+// use it to check every kernel on one machine); a higher one than the CPU has is ignored.
 const PanelKernel& panel_kernel() {
   static const PanelKernel chosen = [] {
+    const char* env = std::getenv("ZAYA_EDGE_CPU_ISA");
+    const std::string want = env ? env : "";
 #if defined(ZAYA_X86_DISPATCH)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-      return PanelKernel{32, panel_avx512};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return PanelKernel{16, panel_avx2};
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("fma");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx512 && want != "avx2" && want != "generic") return PanelKernel{32, panel_avx512};
+    if (avx2 && want != "generic") return PanelKernel{16, panel_avx2};
 #endif
     return PanelKernel{16, panel_generic};
   }();

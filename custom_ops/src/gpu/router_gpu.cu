@@ -206,7 +206,6 @@ const char* launch_mlp(const RouterArgs& a, gpuStream_t stream) {
 const char* router_gpu(const RouterArgs& a, void* stream_ptr) {
   if (a.n == 0) return nullptr;
   gpuStream_t stream = static_cast<gpuStream_t>(stream_ptr);
-  (void)gpuGetLastError();  // clear an unrelated sticky-free error from earlier launches
   const int64_t col_blocks = (a.r + kCols - 1) / kCols;
   if (col_blocks > 65535) return fail("router hidden size " + std::to_string(a.r) + " is too large");
   // grid: x = token groups (up to 2^31-1), y = column groups

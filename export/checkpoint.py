@@ -20,7 +20,8 @@ from zaya_edge.errors import ZayaEdgeError
 # safetensors' numpy backend cannot return bf16 (numpy has no such dtype) and its torch
 # backend would make torch a hard requirement for reading. The format is a little-endian u64
 # header length, a JSON header of {name: {dtype, shape, data_offsets}}, then raw bytes, so we
-# memory-map it and convert bf16 to fp32 ourselves (the top 16 bits of an fp32).
+# read the bytes of one tensor (or a row range of it) and convert bf16 to fp32 ourselves (the
+# top 16 bits of an fp32).
 _SAFETENSORS_DTYPES = {
     "F32": np.float32,
     "F16": np.float16,
@@ -34,12 +35,17 @@ _TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float1
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
-def _to_fp32(raw: np.ndarray, dtype: str) -> np.ndarray:
+_READ_VALUES = 1 << 24  # values per read: 32-64 MB of raw bytes in flight
+
+
+def _widen(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
+    """raw values -> fp32 into `out` (bf16 is the top half of an fp32)."""
     if dtype == "BF16":
-        wide = raw.astype(np.uint32)
-        wide <<= 16  # in place: one fp32-sized buffer, not two
-        return wide.view(np.float32)
-    return raw.astype(np.float32)
+        wide = out.view(np.uint32)
+        wide[...] = raw
+        wide <<= 16
+    else:
+        out[...] = raw
 
 
 class _SafetensorsFile:
@@ -70,10 +76,17 @@ class _SafetensorsFile:
             start += rows[0] * row * itemsize
             shape[0] = rows[1] - rows[0]
             count = shape[0] * row
-        raw = np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.data_start + start, shape=(count,))
-        out = _to_fp32(raw, e["dtype"]).reshape(shape)
-        del raw
-        return out
+        # plain reads into one fp32 buffer: a memory map would add the raw bytes to the RSS
+        out = np.empty(count, np.float32)
+        buf = np.empty(min(count, _READ_VALUES), np_dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + start)
+            for i in range(0, count, _READ_VALUES):
+                chunk = buf[: min(_READ_VALUES, count - i)]
+                if f.readinto(memoryview(chunk).cast("B")) != chunk.nbytes:
+                    raise ZayaEdgeError(f"{self.path.name} is truncated: tensor {name} runs past its end")
+                _widen(chunk, e["dtype"], out[i : i + len(chunk)])
+        return out.reshape(shape)
 
 
 class Checkpoint:

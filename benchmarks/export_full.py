@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     name, stored, fp32 = largest_tensor(ckpt)
 
     print(f"checkpoint        {ckpt} ({sum(p.stat().st_size for p in ckpt.iterdir()) / GB:.2f} GB)")
-    print(f"export            --precision {args.precision}" + (f" --quant-method {args.quant_method}" if args.quant_method else ""))
+    method = f" --quant-method {args.quant_method}" if args.quant_method else ""
+    print(f"export            --precision {args.precision}{method}")
     print(f"wall time         {wall:.0f} s")
     print(f"peak RSS          {peak / GB:.2f} GB ({peak / GIB:.2f} GiB)")
     print(f"artifact size     {size / GB:.3f} GB ({size / GIB:.3f} GiB, {size} bytes)")

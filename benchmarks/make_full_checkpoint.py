@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = make_checkpoint(args.out or Path(".cache") / f"zaya1-random-{args.layers}l", args.layers, args.seed, args.shard_gb, args.force)
+    out = args.out or Path(".cache") / f"zaya1-random-{args.layers}l"
+    out = make_checkpoint(out, args.layers, args.seed, args.shard_gb, args.force)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out}: {args.layers} layers, {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
 

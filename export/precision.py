@@ -59,8 +59,9 @@ def resolve(
     if precision not in A.PRECISIONS:
         raise ZayaEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(A.PRECISIONS)}")
     if precision == "fp32":
-        given = [flag for flag, value in (("--block-size", block_size), ("--asymmetric", asymmetric or None),
-                                          ("--lm-head", lm_head), ("--quant-method", quant_method)) if value is not None]
+        options = (("--block-size", block_size), ("--asymmetric", asymmetric or None),
+                   ("--lm-head", lm_head), ("--quant-method", quant_method))
+        given = [flag for flag, value in options if value is not None]
         if given:
             raise ZayaEdgeError(f"{', '.join(given)} only apply to int4/int8 exports, not fp32")
         return Precision("fp32", None, None)

@@ -120,8 +120,9 @@ class QuantizedLayers:
         def compute(name, transform):
             def run():
                 parts = []
-                for x in range(n_exp):
-                    parts.append(qmoe_pack(qmoe_expert(transform(ckpt.read_rows(name, x, x + 1)[0]), spec, SCALE_DTYPE), spec))
+                for x in range(n_exp):  # one expert at a time: [rows, K] fp32 in memory
+                    w = transform(ckpt.read_rows(name, x, x + 1)[0])
+                    parts.append(qmoe_pack(qmoe_expert(w, spec, SCALE_DTYPE), spec))
                 return {key: np.stack([p[key] for p in parts]) for key in parts[0]}
 
             return run

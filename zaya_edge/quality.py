@@ -141,7 +141,9 @@ class ArtifactLogits:
             chunk = ids[start : start + step][None]
             feed = {A.INPUT_IDS: chunk, A.ATTENTION_MASK: np.ones((1, start + chunk.shape[1]), np.int64), **state}
             out = dict(zip(self.outputs, self.session.run(None, feed)))
-            state = {A.PAST_NAMES[k] % i: out[A.PRESENT_NAMES[k] % i] for i in range(d.num_layers) for k in A.STATE_KINDS}
+            state = {
+                A.PAST_NAMES[k] % i: out[A.PRESENT_NAMES[k] % i] for i in range(d.num_layers) for k in A.STATE_KINDS
+            }
             yield from out[A.LOGITS][0]
 
 

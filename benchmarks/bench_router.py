@@ -85,7 +85,7 @@ def bench_decode_step(thread_counts: list[int], layers: int, vocab: int, prompt:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "art"
         t0 = time.perf_counter()
-        export_model(model, folder, progress=False)
+        export_model(model, folder, precision="fp32", progress=False)
         print(f"\n(exported {layers} full-width fp32 layers, vocab {vocab}, in {time.perf_counter() - t0:.0f} s)")
         del model
         gc.collect()

@@ -47,7 +47,7 @@ def main(argv=None) -> None:
                     train_briefly(model, language, steps=40)
                 name = f"{'trained' if trained else 'random'}-s{seed}"
                 base = root / name
-                export_model(model, base / "fp32", all_logits=True, progress=False, force=True)
+                export_model(model, base / "fp32", precision="fp32", all_logits=True, progress=False, force=True)
                 tokens = {
                     "random": None,
                     "markov": base / "markov.npy",

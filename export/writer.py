@@ -23,14 +23,14 @@ from zaya_edge.errors import ZayaEdgeError
 
 from .checkpoint import Checkpoint, check_tensors, open_checkpoint
 from .graph import DecoderGraphBuilder, GraphOptions
-from .precision import Precision, resolve
+from .precision import DEFAULT_PRECISION, Precision, resolve
 
 
 def export_model(
     src,
     out: str | os.PathLike,
     *,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     block_size: int | None = None,
     asymmetric: bool = False,
     lm_head: str | None = None,
@@ -45,8 +45,8 @@ def export_model(
 
     `precision` int4/int8 quantizes projections, experts and the tied table (`block_size`
     default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
-    precision's, `quant_method` rtn/mse). The CLI defaults to int4 (precision.DEFAULT_PRECISION);
-    this function keeps fp32 as its default so existing fp32 callers do not change silently.
+    precision's, `quant_method` rtn/mse). int4 is the default, as in the CLI: the point is a model
+    that fits a laptop; fp32 is the exact reference.
     """
     if precision not in A.PRECISIONS:
         raise ZayaEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(A.PRECISIONS)}")

@@ -20,7 +20,7 @@ from zaya_edge.errors import ZayaEdgeError
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "rocm": "ROCMExecutionProvider"}
 
 
-def _register_custom_ops(options: ort.SessionOptions, path: str | None) -> str | None:
+def _register_custom_ops(options: ort.SessionOptions, path: str | None):
     """Register the native ai.zaya kernels when built; None means the function fallback runs."""
     try:
         from zaya_edge import custom_ops

@@ -23,7 +23,7 @@ TOL = 1e-5
 
 def _decoders(model, folder, **export_options):
     """(fallback, native) drivers over one artifact."""
-    export_model(model, folder, progress=False, all_logits=True, **export_options)
+    export_model(model, folder, progress=False, all_logits=True, **{"precision": "fp32", **export_options})
     fallback = OrtDecoder(folder)
     native = OrtDecoder(folder)
     so = ort.SessionOptions()

@@ -17,7 +17,7 @@ TOL = 1e-4
 
 def _export(model, tmp_path_factory, name, **kw):
     out = tmp_path_factory.mktemp("art") / name
-    export_model(model, out, progress=False, **kw)
+    export_model(model, out, progress=False, **{"precision": "fp32", **kw})
     return OrtDecoder(out)
 
 

@@ -24,9 +24,9 @@ def _hashes(folder):
 def test_live_module_state_dict_and_folder_give_the_same_artifact(tmp_path):
     model = tiny_model(seed=4)
     model.save_pretrained(tmp_path / "ckpt")
-    export_model(model, tmp_path / "live", progress=False)
-    export_model(tmp_path / "ckpt", tmp_path / "folder", progress=False)
-    export_model(model.state_dict(), tmp_path / "sd", config=model.config, progress=False)
+    export_model(model, tmp_path / "live", precision="fp32", progress=False)
+    export_model(tmp_path / "ckpt", tmp_path / "folder", precision="fp32", progress=False)
+    export_model(model.state_dict(), tmp_path / "sd", config=model.config, precision="fp32", progress=False)
     assert _hashes(tmp_path / "live") == _hashes(tmp_path / "folder") == _hashes(tmp_path / "sd")
     manifest = A.read_manifest(tmp_path / "folder")
     assert manifest.source["kind"] == "folder"
@@ -38,8 +38,8 @@ def test_sharded_checkpoint_exports_identically(tmp_path):
     model.save_pretrained(tmp_path / "single")
     model.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-    export_model(tmp_path / "single", tmp_path / "a", progress=False)
-    export_model(tmp_path / "sharded", tmp_path / "b", progress=False)
+    export_model(tmp_path / "single", tmp_path / "a", precision="fp32", progress=False)
+    export_model(tmp_path / "sharded", tmp_path / "b", precision="fp32", progress=False)
     assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
 
 
@@ -50,7 +50,7 @@ def test_bf16_checkpoint_matches_its_weights_in_fp32(tmp_path):
     header_len = int.from_bytes((tmp_path / "bf16" / "model.safetensors").read_bytes()[:8], "little")
     header = json.loads((tmp_path / "bf16" / "model.safetensors").read_bytes()[8 : 8 + header_len])
     assert header["model.embed_tokens.weight"]["dtype"] == "BF16"
-    export_model(tmp_path / "bf16", tmp_path / "art", all_logits=True, progress=False)
+    export_model(tmp_path / "bf16", tmp_path / "art", all_logits=True, precision="fp32", progress=False)
     ref_model = model.to(torch.float32)
     ids = np.random.default_rng(0).integers(4, ref_model.config.vocab_size, (2, 12))
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_bf16_checkpoint_matches_its_weights_in_fp32(tmp_path):
 
 def test_artifact_contents_and_genai_config(tmp_path):
     model = tiny_model(seed=4)
-    export_model(model, tmp_path / "art", progress=False)
+    export_model(model, tmp_path / "art", precision="fp32", progress=False)
     art = tmp_path / "art"
     for name in (A.MODEL_FILE, A.DATA_FILE, A.MANIFEST_FILE, A.CONFIG_FILE, A.GENERATION_CONFIG_FILE, A.GENAI_CONFIG_FILE):
         assert (art / name).is_file(), name
@@ -81,7 +81,7 @@ def test_artifact_contents_and_genai_config(tmp_path):
 def test_onnxruntime_genai_greedy_matches_onnxruntime(tmp_path):
     og = pytest.importorskip("onnxruntime_genai")
     model = tiny_model(seed=6)
-    export_model(model, tmp_path / "art", progress=False)
+    export_model(model, tmp_path / "art", precision="fp32", progress=False)
     prompt = np.random.default_rng(1).integers(4, model.config.vocab_size, 7)
     dec = OrtDecoder(tmp_path / "art")
     ids, state, tokens = prompt[None], dec.zero_state(1), []

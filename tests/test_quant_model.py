@@ -68,7 +68,7 @@ def test_untrained_model_distribution_stays_close(tmp_path):
     """The flat next-token distribution of a random model: top-1 flips easily, KL must stay small."""
     model = tiny_model(seed=1)
     ids = np.random.default_rng(0).integers(4, model.config.vocab_size, (2, 128))
-    export_model(model, tmp_path / "fp32", all_logits=True, progress=False)
+    export_model(model, tmp_path / "fp32", precision="fp32", all_logits=True, progress=False)
     ref = _logits(tmp_path / "fp32", ids)
     for precision, max_kl in (("int4", 0.04), ("int8", 0.002)):
         export_model(model, tmp_path / precision, precision=precision, all_logits=True, progress=False)

@@ -21,8 +21,8 @@ def arts(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
     model = tiny_model(seed=2, num_hidden_layers=2)
     model.save_pretrained(root / "ckpt")
-    export_model(model, root / "fp32", progress=False)  # last position only: one call per token
-    export_model(model, root / "fp32_all", all_logits=True, progress=False)
+    export_model(model, root / "fp32", precision="fp32", progress=False)  # last position only: one call per token
+    export_model(model, root / "fp32_all", precision="fp32", all_logits=True, progress=False)
     export_model(model, root / "int4", precision="int4", all_logits=True, progress=False)
     return root
 

@@ -499,7 +499,7 @@ def tiny_engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("rsa_tiny")
     tiny_model(seed=7, num_hidden_layers=2).save_pretrained(root / "src")
     save_tokenizer(root / "src")
-    export_model(root / "src", root / "art", progress=False, context_length=1024)
+    export_model(root / "src", root / "art", precision="fp32", progress=False, context_length=1024)
     return Engine.load(root / "art")
 
 

@@ -89,14 +89,12 @@ class StateCache:
             self._grow(max(need, 2 * self.capacity))
 
     # ---- binding ------------------------------------------------------------------------
-    def bind(self, binding, start: int, stop: int, new_columns: int) -> np.ndarray:
-        """Bind rows [start, stop)'s state for a call adding `new_columns` columns.
+    def bind_state(self, binding, start: int, stop: int) -> None:
+        """Bind rows [start, stop)'s per-layer state (past and present) to `binding`.
 
-        Returns the contiguous attention mask it bound; the caller fills its new columns.
+        The bound buffers stay valid until the cache grows, so a binding made for one
+        (rows, phase) can be reused step after step; only the mask, ids and logits change.
         """
-        total = self.columns + new_columns
-        mask = np.ascontiguousarray(self.mask[start:stop, :total])
-        bind(binding, A.ATTENTION_MASK, mask)
         cur, nxt = self.phase, 1 - self.phase
         rows = slice(start, stop)
         for i in range(self.dims.num_layers):
@@ -109,7 +107,10 @@ class StateCache:
             bind(binding, A.PRESENT_CONV % i, self.conv[i][nxt, rows], output=True)
             bind(binding, A.PAST_RECURRENT % i, self.recurrent[i][cur, rows])
             bind(binding, A.PRESENT_RECURRENT % i, self.recurrent[i][nxt, rows], output=True)
-        return mask
+
+    def mask_for(self, start: int, stop: int, new_columns: int) -> np.ndarray:
+        """A contiguous copy of rows [start, stop)'s mask widened by `new_columns` (to fill)."""
+        return np.ascontiguousarray(self.mask[start:stop, : self.columns + new_columns])
 
     def commit(self, start: int, stop: int, new_mask: np.ndarray) -> None:
         """After a call: the new columns are in use and the other state buffer is current.

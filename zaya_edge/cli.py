@@ -280,6 +280,58 @@ def inspect(artifact, context, batch, load_session, as_json):
     click.echo(_json.dumps(report, indent=2) if as_json else report["text"])
 
 
+@main.command("eval")
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--task", type=click.Choice(["tiny-arith"]), default="tiny-arith", show_default=True,
+              help="Held-out problem set (tiny-arith: the tiny reasoner's addition task).")
+@click.option("--strategy", type=click.Choice(["single", "rsa"]), default="single", show_default=True,
+              help="One sample per problem, or Markovian RSA with majority vote.")
+@click.option("--limit", type=int, default=None, help="Only the first N held-out problems.  [default: all 500]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (per problem seeds derive from it).")
+@click.option("--temperature", type=float, default=None, help="[default: 0 (greedy) for single, 1.0 for rsa]")
+@click.option("--max-new-tokens", type=int, default=None, help="Budget β per generation.  [default: the task's, 128]")
+@click.option("--population", type=int, default=8, show_default=True, help="rsa: N.")
+@click.option("--subset", type=int, default=4, show_default=True, help="rsa: C.")
+@click.option("--rounds", type=int, default=2, show_default=True, help="rsa: T.")
+@click.option("--tail", type=int, default=None, help="rsa: τ in tokens.  [default: the task's, 96]")
+@click.option("--select", type=click.Choice(["vote", "aggregate"]), default="vote", show_default=True, help="rsa: final selection.")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Write per-problem results here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_(artifact, task, strategy, limit, seed, temperature, max_new_tokens, population, subset, rounds, tail,
+          select, threads, json_path, quiet):
+    """Accuracy of the artifact folder ARTIFACT on a fixed held-out problem set."""
+    from zaya_edge.eval import evaluate
+    from zaya_edge.runtime import Engine
+
+    engine = Engine.load(artifact, threads=threads)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="problem", desc=f"{task} {strategy}", leave=False)
+
+    def on_problem(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        report = evaluate(engine, task, strategy, limit=limit, seed=seed, temperature=temperature,
+                          max_new_tokens=max_new_tokens, population=population, subset=subset, rounds=rounds,
+                          tail=tail, select=select, on_problem=on_problem)
+    finally:
+        if bar is not None:
+            bar.close()
+    if json_path:
+        import json as _json
+
+        from zaya_edge.runtime.rsa import write_json_atomic
+
+        write_json_atomic(json_path, _json.loads(report.to_json()))
+    click.echo(report.summary())
+
+
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=str))

@@ -1,0 +1,159 @@
+"""Task accuracy of an artifact: `zaya-edge eval ARTIFACT --task tiny-arith [--strategy single|rsa]`.
+
+Random test models only show that numbers match; accuracy on a task the model was trained for
+(the tiny reasoner, examples/tiny-reasoner) shows what int4 costs and what Markovian RSA buys.
+Problems come from a fixed held-out set (never trained on); every problem's sampling seed is
+derived from (seed, problem index), so a result does not depend on batching or --limit.
+Torch-free: the runtime Engine and MarkovianRSA only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from zaya_edge import tiny_arith
+from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.runtime.rsa import MarkovianRSA, extract_boxed
+from zaya_edge.runtime.types import Request, SamplingParams
+
+TASKS = ("tiny-arith",)
+STRATEGIES = ("single", "rsa")
+_CHUNK = 64  # single-sampling requests handed to the engine at once (progress granularity)
+
+
+@dataclasses.dataclass
+class ProblemResult:
+    index: int
+    problem: str
+    expected: str
+    answer: str | None
+    correct: bool
+    generated_tokens: int
+    population_correct: float | None = None  # rsa: share of the last round's candidates that are right
+
+
+@dataclasses.dataclass
+class EvalReport:
+    task: str
+    strategy: str
+    settings: dict
+    results: list[ProblemResult]
+    wall_s: float
+
+    @property
+    def total(self) -> int:
+        return len(self.results)
+
+    @property
+    def correct(self) -> int:
+        return sum(r.correct for r in self.results)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(r.generated_tokens for r in self.results)
+
+    @property
+    def population_accuracy(self) -> float | None:
+        """The report's metric for RSA: mean correctness over the final population."""
+        vals = [r.population_correct for r in self.results if r.population_correct is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    def summary(self) -> str:
+        s = self.settings
+        how = (f"temperature {s['temperature']:g}" if self.strategy == "single" else
+               f"N={s['population']} C={s['subset']} T={s['rounds']} β={s['budget']} τ={s['tail']} "
+               f"temperature {s['temperature']:g}, {s['select']}")
+        line = f"{self.task} {self.strategy} ({how}, seed {s['seed']}): {self.correct}/{self.total} = {100 * self.accuracy:.1f}%"
+        if self.population_accuracy is not None:
+            line += f"; final-population mean {100 * self.population_accuracy:.1f}%"
+        return line + f"; {self.generated_tokens} tokens in {self.wall_s:.1f} s"
+
+    def to_json(self) -> str:
+        return json.dumps({"task": self.task, "strategy": self.strategy, "settings": self.settings,
+                           "correct": self.correct, "total": self.total, "accuracy": self.accuracy,
+                           "population_accuracy": self.population_accuracy,
+                           "generated_tokens": self.generated_tokens, "wall_s": round(self.wall_s, 3),
+                           "results": [dataclasses.asdict(r) for r in self.results]}, indent=1)
+
+
+def _derive(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def evaluate(
+    engine,
+    task: str = "tiny-arith",
+    strategy: str = "single",
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    population: int = 8,
+    subset: int = 4,
+    rounds: int = 2,
+    tail: int | None = None,
+    select: str = "vote",
+    on_problem: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Accuracy of `engine` on the task's held-out problems (the first `limit` of them).
+
+    single: one sample per problem (temperature default 0 = greedy); rsa: Markovian RSA with
+    N/C/T as given, β = max_new_tokens and τ = tail (the task's defaults), temperature default 1.
+    `on_problem(done, total)` is called as problems finish.
+    """
+    if task not in TASKS:
+        raise ZayaEdgeError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if strategy not in STRATEGIES:
+        raise ZayaEdgeError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if limit is not None and limit < 1:
+        raise ZayaEdgeError(f"--limit must be at least 1, got {limit}")
+    problems = tiny_arith.held_out_set(limit)
+    budget = max_new_tokens or tiny_arith.BUDGET
+    temp = temperature if temperature is not None else (0.0 if strategy == "single" else 1.0)
+    progress = on_problem or (lambda done, total: None)
+    start = time.perf_counter()
+    if strategy == "single":
+        settings = dict(temperature=temp, max_new_tokens=budget, seed=seed)
+        results = _single(engine, problems, SamplingParams(temperature=temp, max_new_tokens=budget), seed, progress)
+    else:
+        rsa = MarkovianRSA(population=population, subset=subset, rounds=rounds, budget=budget,
+                           tail=tail or tiny_arith.TAIL, temperature=temp, select=select)
+        settings = dict(population=population, subset=subset, rounds=rounds, budget=budget, tail=rsa.tail,
+                        temperature=temp, select=select, seed=seed)
+        results = _rsa(engine, problems, rsa, seed, progress)
+    return EvalReport(task, strategy, settings, results, time.perf_counter() - start)
+
+
+def _single(engine, problems: Sequence[tiny_arith.Problem], params: SamplingParams, seed: int, progress) -> list[ProblemResult]:
+    codec, out = engine.codec, []
+    for lo in range(0, len(problems), _CHUNK):
+        chunk = problems[lo : lo + _CHUNK]
+        requests = [Request(tuple(codec.chat_prompt(p.text)), dataclasses.replace(params, seed=_derive(seed, lo + i)))
+                    for i, p in enumerate(chunk)]
+        for i, (p, c) in enumerate(zip(chunk, engine.generate_batch(requests))):
+            answer = extract_boxed(c.text)
+            out.append(ProblemResult(lo + i, p.text, p.answer, answer, tiny_arith.is_correct(answer, p), len(c.tokens)))
+        progress(len(out), len(problems))
+    return out
+
+
+def _rsa(engine, problems: Sequence[tiny_arith.Problem], rsa: MarkovianRSA, seed: int, progress) -> list[ProblemResult]:
+    out = []
+    for i, p in enumerate(problems):
+        result = dataclasses.replace(rsa, seed=_derive(seed, i)).solve(engine, p.text)
+        last = result.rounds[-1].candidates
+        share = sum(tiny_arith.is_correct(c.answer, p) for c in last) / len(last)
+        out.append(ProblemResult(i, p.text, p.answer, result.answer, tiny_arith.is_correct(result.answer, p),
+                                 result.generated_tokens, population_correct=share))
+        progress(len(out), len(problems))
+    return out

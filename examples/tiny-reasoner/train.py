@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 VOCAB = 512
 TAIL = T.TAIL  # τ the aggregation examples are cut with, as `zaya-edge eval --strategy rsa` uses it
 CONTEXT = 1024
+TEMP_INIT = 3.0  # QK-norm key temperature at init (see new_model)
+TEMP_LR = 5.0  # its learning rate, as a multiple of the others'
 CONFIG = dict(
     vocab_size=VOCAB,
     hidden_size=128,
@@ -164,7 +166,10 @@ def new_model(seed: int):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("qk_norm.temp"):
-                p.fill_(1.0)  # transformers inits 0: keys vanish and attention starts uniform
+                # transformers inits 0 (keys vanish, attention uniform). q and k are unit vectors
+                # scaled to sqrt(head_dim), so temp caps how sharp attention can get: picking 4
+                # candidate lines out of ~600 tokens needs ~3, more than Adam moves it from 1.
+                p.fill_(TEMP_INIT)
     return model
 
 
@@ -209,17 +214,20 @@ def train(args) -> None:
     model = new_model(args.seed)
     model.train()
     balancer = LoadBalancer(model)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if p.dim() >= 2], "weight_decay": 0.01, "scale": 1.0},
+        {"params": [p for n, p in named if p.dim() < 2 and not n.endswith("qk_norm.temp")], "weight_decay": 0.0, "scale": 1.0},
+        {"params": [p for n, p in named if n.endswith("qk_norm.temp")], "weight_decay": 0.0, "scale": TEMP_LR},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters; {args.steps} steps of {args.single} single + "
           f"{args.aggregate} aggregation examples", flush=True)
     start, smooth = time.perf_counter(), None
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            group["lr"] = group["scale"] * lr_at(step, args.steps, args.lr, args.warmup)
         loss = mean_loss(model, [single_example(codec, next(stream)) for _ in range(args.single)], buckets=2)
         if step >= args.steps * args.aggregate_from:  # the two kinds weigh alike, whatever their token counts
             aggs = [aggregate_example(codec, next(stream), rng) for _ in range(args.aggregate)]

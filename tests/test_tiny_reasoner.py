@@ -165,7 +165,8 @@ def test_eval_command_prints_accuracy_and_writes_json(artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--limit", "0"], "--limit must be at least 1"),
+    (["--limit", "0"], "--limit must be 1..500"),
+    (["--limit", "501"], "--limit must be 1..500"),
     (["--task", "gsm8k"], "Invalid value for '--task'"),
 ])
 def test_eval_command_errors_are_one_line(artifacts, args, message):

@@ -115,8 +115,8 @@ def evaluate(
         raise ZayaEdgeError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if strategy not in STRATEGIES:
         raise ZayaEdgeError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if limit is not None and limit < 1:
-        raise ZayaEdgeError(f"--limit must be at least 1, got {limit}")
+    if limit is not None and not 1 <= limit <= tiny_arith.HELD_OUT_SIZE:
+        raise ZayaEdgeError(f"--limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
     problems = tiny_arith.held_out_set(limit)
     budget = max_new_tokens or tiny_arith.BUDGET
     temp = temperature if temperature is not None else (0.0 if strategy == "single" else 1.0)

@@ -10,7 +10,8 @@ solutions (some wrong) rendered with the runtime's own template and tail rule â€
 the correct solution, so the model learns to use aggregation rather than only to solve.
 
 Everything is seeded and the step count is fixed, so a re-run gives the same weights (same torch
-version and thread count). Runs in well under 15 minutes on 2 CPU cores.
+version and thread count). The committed checkpoint took 648 s on the 2-core machine while other
+jobs shared it (checkpoint/training.json); results: README.md beside this file.
 """
 
 from __future__ import annotations
@@ -178,10 +179,9 @@ class LoadBalancer:
     nudge every expert's bias toward equal load. The skip class keeps -1.0, as the loader sets it."""
 
     def __init__(self, model, rate: float = 1e-3):
-        self.rate, self.counts, self.routers = rate, {}, []
-        for name, module in model.named_modules():
+        self.rate, self.counts = rate, {}
+        for module in model.modules():
             if type(module).__name__ == "ZayaRouter":
-                self.routers.append(module)
                 module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):

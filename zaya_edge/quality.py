@@ -147,32 +147,16 @@ class ArtifactLogits:
             yield from out[A.LOGITS][0]
 
 
-class HFLogits:
-    """Logits of a Hugging Face checkpoint folder in fp32 (needs torch and transformers)."""
-
-    def __init__(self, folder: str | Path):
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM
-        except ImportError as exc:
-            raise ZayaEdgeError(f"a checkpoint reference needs the export extra (torch, transformers): {exc}") from None
-        self._torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-        self.vocab_size = int(self.model.config.vocab_size)
-
-    def rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
-        with self._torch.no_grad():
-            logits = self.model(self._torch.as_tensor(ids[None])).logits[0]
-        for row in logits:
-            yield row.numpy()
-
-
 def open_reference(path: str | Path, threads: int | None = None):
     """An fp32 (or any) artifact folder, or a Hugging Face checkpoint folder."""
     path = Path(path)
     if (path / A.MANIFEST_FILE).is_file():
         return ArtifactLogits(path, threads)
     if (path / "config.json").is_file():
+        try:  # the export side owns everything that needs torch
+            from zaya_edge.export.hf_logits import HFLogits
+        except ImportError as exc:
+            raise ZayaEdgeError(f"a checkpoint reference needs the export extra (torch, transformers): {exc}") from None
         return HFLogits(path)
     raise ZayaEdgeError(f"{path} is neither a zaya-edge artifact nor a Hugging Face checkpoint folder")
 

@@ -188,6 +188,16 @@ def _params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens
     )
 
 
+def _stream(generation) -> None:
+    """Echo text deltas as they come; Ctrl-C stops this reply, not the program."""
+    try:
+        for text in generation:
+            click.echo(text, nl=False)
+    except KeyboardInterrupt:
+        generation.cancel()
+    click.echo()
+
+
 def _print_stats(stats) -> None:
     s = stats
     click.echo(
@@ -213,12 +223,7 @@ def run(artifact, prompt, temperature, top_k, top_p, min_p, repetition_penalty, 
     engine = Engine.load(artifact, threads=threads, verify=verify)
     params = _params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop_strings)
     generation = engine.generate(prompt, params, chat=chat)
-    try:
-        for text in generation:
-            click.echo(text, nl=False)
-    except KeyboardInterrupt:
-        generation.cancel()
-    click.echo()
+    _stream(generation)
     if show_stats:
         _print_stats(generation.stats)
 
@@ -256,12 +261,7 @@ def chat(artifact, temperature, top_k, top_p, min_p, repetition_penalty, max_new
         if not command:
             continue
         last = session.send(line)
-        try:
-            for text in last:
-                click.echo(text, nl=False)
-        except KeyboardInterrupt:
-            last.cancel()
-        click.echo()
+        _stream(last)
 
 
 @main.command()

@@ -132,9 +132,6 @@ class StateCache:
         self.columns += n
 
     # ---- per-row operations -------------------------------------------------------------
-    def tokens(self, row: int) -> int:
-        return int(self.mask[row, : self.columns].sum())
-
     def clear_row(self, row: int) -> None:
         self.mask[row] = 0
         for i in range(self.dims.num_layers):

@@ -1,0 +1,76 @@
+"""Where a decode step's time goes: onnxruntime's profiler per op type, and the Python time
+spent outside the session call (binding, mask, bookkeeping).
+
+    .venv/bin/python benchmarks/profile_decode.py ARTIFACT [--threads 1] [--batch 1] [--steps 10]
+
+One thread gives stable figures on a shared machine; per-layer costs extrapolate to 40 layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from zaya_edge.runtime import session as session_module
+from zaya_edge.runtime.batch import BatchDecoder
+from zaya_edge.runtime.session import DecoderSession
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("artifact")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+
+    class ProfilingOptions(ort.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.enable_profiling = True
+            self.profile_file_prefix = "/tmp/zaya_edge_decode_profile"
+
+    session_module.ort.SessionOptions = ProfilingOptions  # profile the runtime's own session
+    sess = DecoderSession(args.artifact, threads=args.threads)
+    dec = BatchDecoder(sess, args.batch, 512)
+    rng = np.random.default_rng(0)
+    vocab = sess.dims.vocab_size
+    dec.prefill(0, [list(rng.integers(16, vocab, 64)) for _ in range(args.batch)])
+    for _ in range(3):  # warm-up
+        dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
+
+    run = sess.session.run_with_iobinding
+    in_run = [0.0]
+
+    def timed(binding, *a):
+        t = time.perf_counter()
+        run(binding, *a)
+        in_run[0] += time.perf_counter() - t
+
+    sess.session.run_with_iobinding = timed
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
+    total = time.perf_counter() - start
+    events = json.load(open(sess.session.end_profiling()))
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    since = runs[-args.steps]["ts"]
+    by_op, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
+            by_op[e["args"].get("op_name")] += e["dur"]
+            count[e["args"].get("op_name")] += 1
+    n = args.steps
+    print(f"step {total / n * 1e3:.2f} ms; in session.run {in_run[0] / n * 1e3:.2f} ms; "
+          f"Python outside it {(total - in_run[0]) / n * 1e3:.3f} ms; nodes per step {sum(count.values()) / n:.0f}")
+    for op, us in by_op.most_common(15):
+        print(f"  {op:30s} {us / n / 1e3:8.3f} ms/step  ({count[op] / n:.0f} nodes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,11 @@
 """Memory behind BENCHMARKS.md: RSS a single QMoE / MatMulNBits node adds after onnxruntime prepacks it.
 
-    .venv/bin/python benchmarks/prepack_memory.py ACCURACY_LEVEL qmoe|mnb     (e.g. 4 qmoe, 0 mnb)
+    .venv/bin/python benchmarks/prepack_memory.py ACCURACY_LEVEL qmoe|mnb [BLOCK]   (e.g. 4 qmoe, 0 mnb, 4 qmoe 128)
 """
 import numpy as np, onnxruntime as ort, sys, re
 from onnx import helper as h, TensorProto as T, numpy_helper as nh
-E, H, I, bs = 16, 2048, 2048, 32
+E, H, I = 16, 2048, 2048
+bs = int(sys.argv[3]) if len(sys.argv) > 3 else 32
 acc = int(sys.argv[1]); which = sys.argv[2]
 rng = np.random.default_rng(0)
 inits = []; nodes = []

@@ -2,6 +2,7 @@
 spent outside the session call (binding, mask, bookkeeping).
 
     .venv/bin/python benchmarks/profile_decode.py ARTIFACT [--threads 1] [--batch 1] [--steps 10]
+    .venv/bin/python benchmarks/profile_decode.py ARTIFACT --prefill 512   # one prompt's prefill instead
 
 One thread gives stable figures on a shared machine; per-layer costs extrapolate to 40 layers.
 """
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--prefill", type=int, default=0, help="profile prefills of this many tokens instead of decode steps")
     args = ap.parse_args()
 
     class ProfilingOptions(ort.SessionOptions):
@@ -37,7 +39,7 @@ def main() -> None:
 
     session_module.ort.SessionOptions = ProfilingOptions  # profile the runtime's own session
     sess = DecoderSession(args.artifact, threads=args.threads)
-    dec = BatchDecoder(sess, args.batch, 512)
+    dec = BatchDecoder(sess, args.batch, max(512, args.prefill + 64))
     rng = np.random.default_rng(0)
     vocab = sess.dims.vocab_size
     dec.prefill(0, [list(rng.integers(16, vocab, 64)) for _ in range(args.batch)])
@@ -55,7 +57,10 @@ def main() -> None:
     sess.session.run_with_iobinding = timed
     start = time.perf_counter()
     for _ in range(args.steps):
-        dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
+        if args.prefill:
+            dec.prefill(0, [list(rng.integers(16, vocab, args.prefill)) for _ in range(args.batch)])
+        else:
+            dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
     total = time.perf_counter() - start
     events = json.load(open(sess.session.end_profiling()))
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]

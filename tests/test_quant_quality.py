@@ -96,3 +96,11 @@ def test_artifact_reference_does_not_import_torch(arts):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "8"
+
+
+def test_longer_than_the_context_is_one_clear_error(arts):
+    from zaya_edge import artifact as A
+
+    limit = A.read_manifest(arts / "int4").context_length
+    with pytest.raises(ZayaEdgeError, match=f"is {limit + 1} tokens; .* holds at most {limit}"):
+        quality(arts / "int4", arts / "fp32", length=limit + 1)

@@ -209,6 +209,9 @@ def quality(
         art.vocab_size, tokens_file=tokens_file, text=text, length=length, seed=seed,
         tokenizer_dirs=(Path(artifact), Path(reference)),
     )
+    limit = art.manifest.context_length
+    if len(ids) > limit:
+        raise ZayaEdgeError(f"{what} is {len(ids)} tokens; {artifact} holds at most {limit} (pass a shorter text or --length)")
     return QualityReport(artifact=str(artifact), reference=str(reference), tokens=what, **compare(art, ref, ids))
 
 

@@ -114,12 +114,11 @@ class DecoderGraphBuilder:
 
         ctx = self._attention_context(ids, mask)
         h = self._embed(ids)
-        x = self._rmsnorm("/model/layers.0/input_layernorm", h, "model.layers.0.input_layernorm.weight")
         router_state = e.const(np.zeros((1, d.router_hidden_size), np.float32))
         presents: dict[str, ir.Value] = {}
         for i in range(d.num_layers):
             past = {k: graph_inputs[A.PAST_NAMES[k] % i] for k in A.STATE_KINDS}
-            h, x, router_state, present = self._layer(i, h, x, router_state, past, ctx)
+            h, router_state, present = self._layer(i, h, router_state, past, ctx)
             for k, v in present.items():
                 presents[A.PRESENT_NAMES[k] % i] = e.rename(v, A.PRESENT_NAMES[k] % i)
         logits = e.rename(self._head(h), A.LOGITS)
@@ -208,47 +207,21 @@ class DecoderGraphBuilder:
         b = e.op("Mul", f"{path}/res_scale", [e.op("Add", f"{path}/res_bias", [residual, t(prefix + "residual_bias")]), t(prefix + "residual_scale")])
         return e.op("Add", f"{path}/sum", [a, b])
 
-    def _residual_scale_norm(self, path, x, residual, prefix, norm_path, norm_weight):
-        """The residual scaling followed by an RMSNorm, as 3 nodes instead of 6 (decode runs
-        ~50 nodes per layer, so per-node overhead matters): x·hs and residual·rs, then one
-        SkipSimplifiedLayerNormalization adds them with the folded bias hb·hs + rb·rs
-        (onnxruntime folds that at load) and returns both the norm and the sum."""
-        e, t = self.e, self._tensor
-        hs, rs = t(prefix + "hidden_states_scale"), t(prefix + "residual_scale")
-        a = e.op("Mul", f"{path}/hidden_scale", [x, hs])
-        b = e.op("Mul", f"{path}/res_scale", [residual, rs])
-        bias = e.op("Add", f"{path}/bias", [
-            e.op("Mul", f"{path}/hidden_bias_scaled", [t(prefix + "hidden_states_bias"), hs]),
-            e.op("Mul", f"{path}/res_bias_scaled", [t(prefix + "residual_bias"), rs]),
-        ])
-        normed, _, _, total = e.op(
-            "SkipSimplifiedLayerNormalization", norm_path, [a, b, t(norm_weight), bias],
-            {"epsilon": self.dims.rms_norm_eps}, domain=MS, outputs=4,
-        )
-        return normed, total
+    def _layer(self, i, h, router_state, past, ctx):
+        """One decoder layer:
 
-    def _layer(self, i, h, x, router_state, past, ctx):
-        """One decoder layer; x is h already normed by input_layernorm (fused into the previous
-        layer's residual). Returns h', h' normed for the next layer (None after the last), ...
-
-            x ─ CCA attention ─ residual scale + post_attention_layernorm ─► r, x2
-            x2 ─ Router ─ MoE ─ residual scale (+ next input_layernorm) ─► h', x'
+            h ─ RMSNorm ─ CCA attention ─ residual scale ─► r
+            r ─ RMSNorm ─ Router ─ MoE ─ residual scale ─► h'
         """
         pre = f"model.layers.{i}."
         path = f"/model/layers.{i}"
+        x = self._rmsnorm(f"{path}/input_layernorm", h, pre + "input_layernorm.weight")
         attn, present = self._attention(i, x, past, ctx)
-        x2, r = self._residual_scale_norm(
-            f"{path}/post_attention_residual", attn, h, pre + "post_attention_residual_scale.",
-            f"{path}/post_attention_layernorm", pre + "post_attention_layernorm.weight",
-        )
+        r = self._residual_scale(f"{path}/post_attention_residual", attn, h, pre + "post_attention_residual_scale.")
+        x2 = self._rmsnorm(f"{path}/post_attention_layernorm", r, pre + "post_attention_layernorm.weight")
         m, router_state = self._moe(i, x2, router_state)
-        if i + 1 == self.dims.num_layers:  # the head norms only the positions it keeps
-            return self._residual_scale(f"{path}/post_mlp_residual", m, r, pre + "post_mlp_residual_scale."), None, router_state, present
-        x_next, h = self._residual_scale_norm(
-            f"{path}/post_mlp_residual", m, r, pre + "post_mlp_residual_scale.",
-            f"/model/layers.{i + 1}/input_layernorm", f"model.layers.{i + 1}.input_layernorm.weight",
-        )
-        return h, x_next, router_state, present
+        h = self._residual_scale(f"{path}/post_mlp_residual", m, r, pre + "post_mlp_residual_scale.")
+        return h, router_state, present
 
     def _attention(self, i, x, past, ctx):
         """Compressed Convolutional Attention.

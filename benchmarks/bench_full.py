@@ -5,7 +5,10 @@ artifact, then runs each engine in its own process (both do not fit in RAM toget
 `zaya-edge bench` and benchmarks/hf_workload.py, with the same workloads. Finally measures the
 machine's streaming-read rate and divides it by the bytes one decode token must read.
 
-    .venv/bin/python benchmarks/bench_full.py [--layers 40] [--runs 3] [--skip-hf]
+    .venv/bin/python benchmarks/bench_full.py [--layers 40] [--runs 3] [--skip-hf] [--block-sizes 32,128]
+
+Each int4 block size is its own artifact (.cache/int4-40l is the default block 32,
+.cache/int4-40l-b128 the block-128 variant), benched in turn before transformers.
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from make_full_checkpoint import make_checkpoint  # noqa: E402
 
 
-def stream_read_gbps(size_bytes: int = 2 << 30, repeats: int = 5) -> float:
-    """Median rate of summing a large array (a read-only stream through memory)."""
+def stream_read_gbps(size_bytes: int = 2 << 30, repeats: int = 5, threads: int = 1) -> float:
+    """Median rate of summing a large array (a read-only stream through memory), split
+    over `threads` threads (numpy releases the GIL inside the reduction)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     a = np.ones(size_bytes // 8, np.float64)
+    parts = np.array_split(a, threads)
     rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a.sum()
-        rates.append(size_bytes / (time.perf_counter() - t) / 1e9)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            rates.append(size_bytes / (time.perf_counter() - t) / 1e9)
     return float(np.median(rates))
 
 
@@ -70,32 +78,45 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--block-sizes", default="32,128", help="int4 artifacts to bench, by block size (32 = the default)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = ROOT / ".cache" / f"zaya1-random-{args.layers}l"
     if not (ckpt / "model.safetensors.index.json").exists():
         make_checkpoint(ckpt, layers=args.layers)
-    art = ROOT / ".cache" / f"int4-{args.layers}l"
-    if not (art / "zaya_edge.json").exists():
-        subprocess.run([sys.executable, "-m", "zaya_edge.cli", "export", str(ckpt), "-o", str(art), "--precision", "int4"], check=True)
-    results = {"layers": args.layers, "threads": args.threads}
-    bench_json = args.out / f"zaya_edge_{args.layers}l.json"
-    subprocess.run([sys.executable, "-m", "zaya_edge.cli", "bench", str(art), "--threads", str(args.threads),
-                    "--runs", str(args.runs), "--new-tokens", str(args.new_tokens), "--json", str(bench_json)], check=True)
-    results["zaya_edge"] = json.loads(bench_json.read_text())
+    results = {"layers": args.layers, "threads": args.threads, "zaya_edge_variants": {}}
+    arts = {}
+    for block in (int(b) for b in args.block_sizes.split(",")):
+        art = ROOT / ".cache" / (f"int4-{args.layers}l" + ("" if block == 32 else f"-b{block}"))
+        if not (art / "zaya_edge.json").exists():
+            subprocess.run([sys.executable, "-m", "zaya_edge.cli", "export", str(ckpt), "-o", str(art),
+                            "--precision", "int4", "--block-size", str(block)], check=True)
+        bench_json = args.out / f"zaya_edge_{args.layers}l_b{block}.json"
+        subprocess.run([sys.executable, "-m", "zaya_edge.cli", "bench", str(art), "--threads", str(args.threads),
+                        "--runs", str(args.runs), "--new-tokens", str(args.new_tokens), "--json", str(bench_json)], check=True)
+        results["zaya_edge_variants"][f"int4_b{block}"] = json.loads(bench_json.read_text())
+        arts[block] = art
+    first = next(iter(results["zaya_edge_variants"].values()))
+    results["zaya_edge"] = first
     if not args.skip_hf:
         results["transformers"] = run_json(
             [sys.executable, str(ROOT / "benchmarks" / "hf_workload.py"), str(ckpt), "--runs", str(args.runs),
              "--threads", str(args.threads), "--new-tokens", str(args.new_tokens)],
             args.out / f"hf_{args.layers}l.log",
         )
-    results["bandwidth"] = {"stream_read_gbps": stream_read_gbps(), **decode_bytes_per_token(art)}
+    rate1, rate2 = stream_read_gbps(threads=1), stream_read_gbps(threads=2)
+    results["bandwidth"] = {"stream_read_gbps_1_thread": rate1, "stream_read_gbps_2_threads": rate2}
+    for block, a in arts.items():
+        per = decode_bytes_per_token(a)
+        per["bound_tok_s_1_thread"] = rate1 * 1e9 / per["decode_bytes_per_token"]
+        per["bound_tok_s_2_threads"] = rate2 * 1e9 / per["decode_bytes_per_token"]
+        results["bandwidth"][f"int4_b{block}"] = per
     bw = results["bandwidth"]
-    bw["bound_tok_s"] = bw["stream_read_gbps"] * 1e9 / bw["decode_bytes_per_token"]
     (args.out / f"results_{args.layers}l.json").write_text(json.dumps(results, indent=2))
-    z = results["zaya_edge"]["median"]
-    print(json.dumps({"zaya_edge": z, "transformers": results.get("transformers", {}).get("median"),
+    print(json.dumps({"zaya_edge": {k: v["median"] | {"peak_rss_gib": v["peak_rss_bytes"] / 2**30}
+                                    for k, v in results["zaya_edge_variants"].items()},
+                      "transformers": results.get("transformers", {}).get("median"),
                       "bandwidth": bw}, indent=2))
 
 

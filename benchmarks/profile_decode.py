@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--context", type=int, default=64, help="prompt length before the profiled decode steps")
     ap.add_argument("--prefill", type=int, default=0, help="profile prefills of this many tokens instead of decode steps")
     args = ap.parse_args()
 
@@ -39,10 +40,10 @@ def main() -> None:
 
     session_module.ort.SessionOptions = ProfilingOptions  # profile the runtime's own session
     sess = DecoderSession(args.artifact, threads=args.threads)
-    dec = BatchDecoder(sess, args.batch, max(512, args.prefill + 64))
+    dec = BatchDecoder(sess, args.batch, max(512, args.prefill + 64, args.context + args.steps + 8))
     rng = np.random.default_rng(0)
     vocab = sess.dims.vocab_size
-    dec.prefill(0, [list(rng.integers(16, vocab, 64)) for _ in range(args.batch)])
+    dec.prefill(0, [list(rng.integers(16, vocab, args.context)) for _ in range(args.batch)])
     for _ in range(3):  # warm-up
         dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
 

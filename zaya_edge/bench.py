@@ -60,6 +60,12 @@ def bench_artifact(
             record(f"decode_tok_s_b{b}", engine.last_stats.decode_tokens_per_s)
     manifest = engine.manifest
     artifact_bytes = sum(rec["bytes"] for rec in manifest.files.values())
+    d = engine.dims
+    # the largest cache any workload held: rows x (prompt + new) KV columns plus per-row states
+    cache_bytes = max(
+        rows * (length * d.kv_bytes_per_token + d.fixed_state_bytes)
+        for rows, length in [(1, prefill + 1), *((b, prompt + new_tokens) for b in (1, *batches))]
+    )
     return {
         "artifact": str(path),
         "precision": manifest.precision,
@@ -72,6 +78,9 @@ def bench_artifact(
         "artifact_bytes": artifact_bytes,
         "weights_bytes": sum(manifest.files[n]["bytes"] for n in (A.MODEL_FILE, A.DATA_FILE) if n in manifest.files),
         "kv_bytes_per_token": engine.dims.kv_bytes_per_token,
+        "cache_bytes": cache_bytes,
+        # the issue's memory goal: peak RSS within 15 % of what the run must hold
+        "rss_budget_bytes": int((artifact_bytes + cache_bytes) * 1.15),
         "router_kernel": "native" if engine.session.uses_native_kernels else "function fallback",
     }
 
@@ -84,5 +93,6 @@ def format_report(r: dict) -> str:
         lines.append(f"  decode batch {b:<6} {m[f'decode_tok_s_b{b}']:8.1f} tok/s   (aggregate)")
     lines.append(f"  prefill             {m['prefill_tok_s']:8.1f} tok/s   (prompt {r['workload']['prefill']})")
     lines.append(f"  time to first token {m['ttft_s'] * 1000:8.1f} ms")
-    lines.append(f"  peak RSS            {r['peak_rss_bytes'] / 2**30:8.2f} GiB  (artifact {r['artifact_bytes'] / 2**30:.2f} GiB)")
+    lines.append(f"  peak RSS            {r['peak_rss_bytes'] / 2**30:8.2f} GiB  (artifact {r['artifact_bytes'] / 2**30:.2f} GiB"
+                 f" + cache {r['cache_bytes'] / 2**30:.2f} GiB, +15 % = {r['rss_budget_bytes'] / 2**30:.2f} GiB)")
     return "\n".join(lines)

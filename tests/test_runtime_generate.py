@@ -200,3 +200,29 @@ def test_long_different_prompts_in_one_batch(tiny_artifact, monkeypatch):
     together = engine.generate_batch([Request(p, params) for p in prompts])
     ref = _hf_greedy(tiny_artifact[0], prompts, 6)
     assert [c.tokens for c in together] == ref
+
+
+def test_decode_writes_the_cache_in_place(tiny_artifact, monkeypatch):
+    """A decode step binds each layer's KV buffer as both past and present and the graph
+    writes the new column straight into it: no cache copy, no reallocation."""
+    from zaya_edge import artifact as A
+    from zaya_edge.runtime import cache as cache_module
+
+    sess = DecoderSession(tiny_artifact[1])
+    dec = BatchDecoder(sess, 2, 64)
+    vocab = sess.dims.vocab_size
+    dec.prefill(0, [list(p) for p in _prompts(vocab, [5, 9], seed=3)])
+    bound = {}
+    real_bind = cache_module.bind
+    monkeypatch.setattr(cache_module, "bind", lambda b, name, a, output=False: (bound.__setitem__(name, a.ctypes.data), real_bind(b, name, a, output)))
+    dec._bindings.clear()  # bindings are cached per (rows, phase, capacity): watch fresh ones being made
+    keys = [k.ctypes.data for k in dec.cache.key]
+    for step in range(3):
+        col = dec.cache.columns
+        assert not dec.cache.key[0][:, :, col].any()
+        dec.decode(2, [11 + step, 12 + step])
+        assert dec.cache.key[0][:, :, col].any() and dec.cache.value[-1][:, :, col].any()
+    assert [k.ctypes.data for k in dec.cache.key] == keys
+    for i in range(sess.dims.num_layers):
+        assert bound[A.PAST_KEY % i] == bound[A.PRESENT_KEY % i] == dec.cache.key[i].ctypes.data
+        assert bound[A.PAST_VALUE % i] == bound[A.PRESENT_VALUE % i] == dec.cache.value[i].ctypes.data

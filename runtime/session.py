@@ -55,8 +55,8 @@ class DecoderSession:
             raise ZayaEdgeError(f"threads must be >= 1, got {threads}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # the default, pinned: below ALL the int4 experts' scales reach QMoE unfolded and it falls
-        # back to dequantize + SGEMM (decode 12x slower at 40 layers, BENCHMARKS.md)
+        # the default, pinned: below ALL, QMoE does not get its scales as constant initializers at
+        # prepack time and falls back to dequantize + SGEMM (decode 12x slower, BENCHMARKS.md)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads

@@ -97,8 +97,7 @@ def main() -> None:
                         "--runs", str(args.runs), "--new-tokens", str(args.new_tokens), "--json", str(bench_json)], check=True)
         results["zaya_edge_variants"][f"int4_b{block}"] = json.loads(bench_json.read_text())
         arts[block] = art
-    first = next(iter(results["zaya_edge_variants"].values()))
-    results["zaya_edge"] = first
+    results["zaya_edge"] = next(iter(results["zaya_edge_variants"].values()))  # the first (default) variant
     if not args.skip_hf:
         results["transformers"] = run_json(
             [sys.executable, str(ROOT / "benchmarks" / "hf_workload.py"), str(ckpt), "--runs", str(args.runs),

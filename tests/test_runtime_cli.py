@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from zaya_edge import artifact as A
+
 
 def cli(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "zaya_edge.cli", *map(str, args)], input=stdin,
@@ -51,8 +53,6 @@ def test_bench_smoke(tiny_artifact, tmp_path):
     assert set(result["median"]) == {"decode_tok_s_b1", "ttft_s", "prefill_tok_s", "decode_tok_s_b2"}
     assert all(v > 0 for v in result["median"].values())
     # the largest cache of these workloads: 2 rows x (8 + 4) columns, or 1 row x 17 for the prefill
-    from zaya_edge import artifact as A
-
     d = A.read_manifest(tiny_artifact[1]).model_dims
     want = max(2 * (12 * d.kv_bytes_per_token + d.fixed_state_bytes), 17 * d.kv_bytes_per_token + d.fixed_state_bytes)
     assert result["cache_bytes"] == want

@@ -214,7 +214,12 @@ def test_decode_writes_the_cache_in_place(tiny_artifact, monkeypatch):
     dec.prefill(0, [list(p) for p in _prompts(vocab, [5, 9], seed=3)])
     bound = {}
     real_bind = cache_module.bind
-    monkeypatch.setattr(cache_module, "bind", lambda b, name, a, output=False: (bound.__setitem__(name, a.ctypes.data), real_bind(b, name, a, output)))
+
+    def spy(binding, name, array, output=False):
+        bound[name] = array.ctypes.data
+        real_bind(binding, name, array, output)
+
+    monkeypatch.setattr(cache_module, "bind", spy)
     dec._bindings.clear()  # bindings are cached per (rows, phase, capacity): watch fresh ones being made
     keys = [k.ctypes.data for k in dec.cache.key]
     for step in range(3):

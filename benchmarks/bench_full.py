@@ -90,10 +90,10 @@ def main() -> None:
     for block in (int(b) for b in args.block_sizes.split(",")):
         art = ROOT / ".cache" / (f"int4-{args.layers}l" + ("" if block == 32 else f"-b{block}"))
         if not (art / "zaya_edge.json").exists():
-            subprocess.run([sys.executable, "-m", "zaya_edge.cli", "export", str(ckpt), "-o", str(art),
+            subprocess.run([sys.executable, "-m", "zaya_edge", "export", str(ckpt), "-o", str(art),
                             "--precision", "int4", "--block-size", str(block)], check=True)
         bench_json = args.out / f"zaya_edge_{args.layers}l_b{block}.json"
-        subprocess.run([sys.executable, "-m", "zaya_edge.cli", "bench", str(art), "--threads", str(args.threads),
+        subprocess.run([sys.executable, "-m", "zaya_edge", "bench", str(art), "--threads", str(args.threads),
                         "--runs", str(args.runs), "--new-tokens", str(args.new_tokens), "--json", str(bench_json)], check=True)
         results["zaya_edge_variants"][f"int4_b{block}"] = json.loads(bench_json.read_text())
         arts[block] = art

@@ -74,7 +74,7 @@ def bench_decode_step(thread_counts: list[int], layers: int, vocab: int, prompt:
     import torch
 
     from zaya_edge.export import export_model
-    from zaya_edge.export.random_model import tiny_model
+    from zaya_edge.export.fixtures.random_model import tiny_model
 
     torch.set_num_threads(max(thread_counts))
     model = tiny_model(

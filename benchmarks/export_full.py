@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         print(f"making {ckpt} ({args.layers} layers)...", flush=True)
         make_checkpoint(ckpt, layers=args.layers)
     out = args.out or ROOT / ".cache" / f"export-{args.precision}-{args.layers}l"
-    cmd = [sys.executable, "-m", "zaya_edge.cli", "export", str(ckpt), "-o", str(out),
+    cmd = [sys.executable, "-m", "zaya_edge", "export", str(ckpt), "-o", str(out),
            "--precision", args.precision, "--force", "--quiet"]
     if args.quant_method:
         cmd += ["--quant-method", args.quant_method]

@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import MarkovLanguage, tiny_model, train_briefly  # noqa: E402
-from zaya_edge.quality import quality  # noqa: E402
+from zaya_edge.export.fixtures.random_model import MarkovLanguage, tiny_model, train_briefly  # noqa: E402
+from zaya_edge.app.quality import quality  # noqa: E402
 
 VARIANTS = [
     ("int4", False, "rtn"), ("int4", False, "mse"), ("int4", True, "rtn"), ("int4", True, "mse"),

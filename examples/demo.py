@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a busy machine
 import torch  # noqa: E402
 
-from zaya_edge import tiny_arith  # noqa: E402
+from zaya_edge.app import tiny_arith  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
 from zaya_edge.runtime import Engine, Request, SamplingParams  # noqa: E402
 
@@ -32,7 +32,7 @@ RSA = ["--population", "8", "--subset", "4", "--rounds", "2",
 
 def zaya_edge(*args: str) -> None:
     print(f"\n$ zaya-edge {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, "-m", "zaya_edge.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "zaya_edge", *args], check=True)
 
 
 def parity(fp32: Path, problems: list[tiny_arith.Problem]) -> bool:

@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 def tiny_checkpoint(tmp_path_factory):
     """A perturbed tiny ZAYA checkpoint folder with a test tokenizer (needs torch)."""
     pytest.importorskip("torch")
-    from zaya_edge.export.random_model import tiny_model
-    from zaya_edge.export.tiny_tokenizer import save_tokenizer
+    from zaya_edge.export.fixtures.random_model import tiny_model
+    from zaya_edge.export.fixtures.tiny_tokenizer import save_tokenizer
 
     model = tiny_model(seed=11)
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"

@@ -13,7 +13,7 @@ from ort_decoder import OrtDecoder  # noqa: E402
 from zaya_edge import custom_ops  # noqa: E402
 from zaya_edge.artifact import MODEL_FILE  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import tiny_model  # noqa: E402
+from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
 
 LIB = custom_ops.library_info() if custom_ops.find_library() else None
 pytestmark = pytest.mark.skipif(LIB is None, reason="custom-op library not built (make custom-ops)")

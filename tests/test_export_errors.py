@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import tiny_model  # noqa: E402
+from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _copy(ckpt, dst):
 
 def run_cli(*args):
     proc = subprocess.run(
-        [sys.executable, "-m", "zaya_edge.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "zaya_edge", *map(str, args)], capture_output=True, text=True, timeout=300
     )
     return proc.returncode, proc.stderr.strip()
 
@@ -103,7 +103,7 @@ def test_existing_output_needs_force(ckpt, tmp_path):
 
 def test_debug_shows_traceback(ckpt, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "zaya_edge.cli", "--debug", "export", str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
+        [sys.executable, "-m", "zaya_edge", "--debug", "export", str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr

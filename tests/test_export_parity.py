@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from ort_decoder import OrtDecoder  # noqa: E402
 
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import tiny_model  # noqa: E402
+from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
 
 TOL = 1e-4
 

@@ -13,7 +13,7 @@ from ort_decoder import OrtDecoder  # noqa: E402
 
 from zaya_edge import artifact as A  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import tiny_model  # noqa: E402
+from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
 
 
 def _hashes(folder):

@@ -16,7 +16,7 @@ from ort_decoder import OrtDecoder  # noqa: E402
 from zaya_edge import artifact as A  # noqa: E402
 from zaya_edge.errors import ZayaEdgeError  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import MarkovLanguage, tiny_model, train_briefly  # noqa: E402
+from zaya_edge.export.fixtures.random_model import MarkovLanguage, tiny_model, train_briefly  # noqa: E402
 
 
 def _logits(folder, ids):

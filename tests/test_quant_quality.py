@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 
 from zaya_edge.errors import ZayaEdgeError  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
-from zaya_edge.export.random_model import tiny_model  # noqa: E402
-from zaya_edge.quality import quality  # noqa: E402
+from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
+from zaya_edge.app.quality import quality  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def arts(tmp_path_factory):
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "zaya_edge.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "zaya_edge", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
     return proc.returncode, proc.stdout, proc.stderr.strip()
 
@@ -89,7 +89,7 @@ def test_reference_must_be_artifact_or_checkpoint(arts, tmp_path):
 
 def test_artifact_reference_does_not_import_torch(arts):
     code = (
-        "import sys; from zaya_edge.quality import quality; "
+        "import sys; from zaya_edge.app.quality import quality; "
         f"r = quality({str(arts / 'int4')!r}, {str(arts / 'fp32')!r}, length=8); "
         "assert 'torch' not in sys.modules, 'torch imported'; print(r.positions)"
     )

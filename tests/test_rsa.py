@@ -460,7 +460,7 @@ def test_cli_solve_prints_the_answer_and_writes_the_report(tmp_path, monkeypatch
     from click.testing import CliRunner
 
     import zaya_edge.runtime as runtime
-    from zaya_edge.cli import main
+    from zaya_edge.app.cli import main
 
     monkeypatch.setattr(runtime, "Engine", FakeEngine, raising=False)
     report = tmp_path / "out.json"
@@ -492,8 +492,8 @@ SHORT_TEMPLATE = "Fix these. [[ Problem ]]:\n{problem}\n[[ Candidates ]]:\n{cand
 def tiny_engine(tmp_path_factory):
     pytest.importorskip("torch")
     from zaya_edge.export import export_model
-    from zaya_edge.export.random_model import tiny_model
-    from zaya_edge.export.tiny_tokenizer import save_tokenizer
+    from zaya_edge.export.fixtures.random_model import tiny_model
+    from zaya_edge.export.fixtures.tiny_tokenizer import save_tokenizer
     from zaya_edge.runtime import Engine
 
     root = tmp_path_factory.mktemp("rsa_tiny")

@@ -10,7 +10,7 @@ from zaya_edge import artifact as A
 
 
 def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "zaya_edge.cli", *map(str, args)], input=stdin,
+    return subprocess.run([sys.executable, "-m", "zaya_edge", *map(str, args)], input=stdin,
                           capture_output=True, text=True, timeout=300)
 
 

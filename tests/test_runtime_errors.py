@@ -106,7 +106,7 @@ def test_empty_prompt_and_prompt_over_context(tiny_artifact):
 
 def test_cli_run_errors_are_one_line(art):
     (art / A.DATA_FILE).unlink()
-    proc = subprocess.run([sys.executable, "-m", "zaya_edge.cli", "run", str(art), "hi"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "zaya_edge", "run", str(art), "hi"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 

@@ -49,7 +49,7 @@ def test_top_k_one_is_greedy_at_any_temperature():
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     pytest.importorskip("tokenizers")
-    from zaya_edge.export.tiny_tokenizer import save_tokenizer
+    from zaya_edge.export.fixtures.tiny_tokenizer import save_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     save_tokenizer(folder)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from zaya_edge import tiny_arith as T
+from zaya_edge.app import tiny_arith as T
 from zaya_edge.errors import ZayaEdgeError
 from zaya_edge.runtime.rsa import extract_boxed
 
@@ -84,7 +84,7 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def greedy(artifacts):
     """{precision: greedy EvalReport on SUBSET held-out problems}, computed once."""
-    from zaya_edge.eval import evaluate
+    from zaya_edge.app.eval import evaluate
     from zaya_edge.runtime import Engine
 
     return {k: evaluate(Engine.load(v, threads=1), "tiny-arith", "single", limit=SUBSET)
@@ -136,7 +136,7 @@ def test_greedy_answers_match_transformers(artifacts):
 
 
 def test_rsa_eval_reports_vote_and_population(artifacts):
-    from zaya_edge.eval import evaluate
+    from zaya_edge.app.eval import evaluate
     from zaya_edge.runtime import Engine
 
     engine = Engine.load(artifacts["fp32"], threads=1)
@@ -151,7 +151,7 @@ def test_rsa_eval_reports_vote_and_population(artifacts):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "zaya_edge.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "zaya_edge", *args], capture_output=True, text=True)
 
 
 def test_eval_command_prints_accuracy_and_writes_json(artifacts, tmp_path):

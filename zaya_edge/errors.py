@@ -1,8 +1,31 @@
-"""One exception type for everything a user can get wrong.
+"""The exceptions a user (or an embedding app) can get: one base type, a few kinds to tell apart.
 
-The CLI prints these as a single line (no traceback unless --debug); anything else is a bug.
+The CLI prints any of these as a single line (no traceback unless --debug); anything else is a
+bug. Messages speak of the library's own arguments, never of CLI flags: the CLI adds those.
+
+    ZayaEdgeError
+      ├─ ArtifactError      an artifact folder is missing, corrupt, tampered with or inconsistent
+      ├─ CheckpointError    a checkpoint (source model) cannot be read or is not a ZAYA model
+      ├─ RequestError       a request's arguments are invalid (prompt, sampling, strategy settings)
+      └─ ContextFullError   a sequence does not fit the artifact's context (or the memory budget)
 """
 
 
 class ZayaEdgeError(Exception):
     """A problem with the user's input, files or options, explained in one line."""
+
+
+class ArtifactError(ZayaEdgeError):
+    """An artifact folder cannot be used as it is."""
+
+
+class CheckpointError(ZayaEdgeError):
+    """A source checkpoint (folder, module or state dict) cannot be exported."""
+
+
+class RequestError(ZayaEdgeError, ValueError):
+    """An argument of a request or a setting is out of range or malformed."""
+
+
+class ContextFullError(RequestError):
+    """The prompt plus what it may generate does not fit the context length."""

@@ -3,7 +3,7 @@
     .venv/bin/python examples/tiny-reasoner/train.py            # writes examples/tiny-reasoner/checkpoint
 
 A ZayaForCausalLM with the real architecture (CCA attention, ZAYA router with its skip class
-and EDA state, SwiGLU experts), shrunk to ~2M parameters, learns tiny-arith (zaya_edge/tiny_arith.py):
+and EDA state, SwiGLU experts), shrunk to ~2M parameters, learns tiny-arith (zaya_edge/app/tiny_arith.py):
 column-by-column addition with the trace inside <think>…</think> and the answer in \\boxed{}.
 A share of the examples are Markovian RSA aggregation prompts — the problem plus C candidate
 solutions (some wrong) rendered with the runtime's own template and tail rule — whose target is
@@ -31,8 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from zaya_edge import tiny_arith as T
-from zaya_edge.export.tiny_tokenizer import CHAT_TEMPLATE, CORPUS, SPECIAL_TOKENS
+from zaya_edge.app import tiny_arith as T
+from zaya_edge.export.fixtures.tiny_tokenizer import CHAT_TEMPLATE, CORPUS, SPECIAL_TOKENS
 from zaya_edge.runtime.rsa import default_template, render_prompt
 from zaya_edge.runtime.tokenizer import Tokenizer
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from zaya_edge import tiny_arith
+from zaya_edge.app import tiny_arith
 from zaya_edge.errors import ZayaEdgeError
 from zaya_edge.runtime.rsa import MarkovianRSA, extract_boxed
 from zaya_edge.runtime.types import Request, SamplingParams

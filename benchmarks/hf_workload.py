@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import numpy as np
 import torch
 from transformers import ZayaForCausalLM
+
+from zaya_edge.memory import peak_rss_bytes
 
 
 def _prompts(vocab, n, length, seed):
@@ -77,7 +78,7 @@ def main() -> None:
         "load_s": load_s,
         "median": {k: statistics.median(v) for k, v in samples.items()},
         "samples": samples,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import resource
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.memory import peak_rss_bytes
 
 from .batch import BatchDecoder
 from .sampling import make_rng, sample
@@ -54,10 +54,6 @@ class StepEvent:
     token: int
     text: str  # new text (may be empty while a character's bytes are incomplete)
     finish_reason: str | None
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class _Sequence:

@@ -15,7 +15,7 @@ import numpy as np
 
 from zaya_edge import artifact as A
 from zaya_edge.runtime import Engine, Request, SamplingParams
-from zaya_edge.runtime.engine import peak_rss_bytes
+from zaya_edge.memory import peak_rss_bytes
 
 
 def _prompts(vocab: int, n: int, length: int, seed: int) -> list[tuple[int, ...]]:

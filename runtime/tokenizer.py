@@ -10,6 +10,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from zaya_edge import artifact as A
 from zaya_edge.errors import ZayaEdgeError
 
 # ChatML, the format ZAYA1 is tuned on; the model opens its reasoning with <think> itself.
@@ -20,29 +21,44 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 class Tokenizer:
-    """The artifact's tokenizer.json plus its chat template."""
+    """tokenizer.json plus its chat template (tokenizer_config.json's, or a chat_template.jinja).
 
-    def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        path = folder / "tokenizer.json"
-        if not path.exists():
-            raise ZayaEdgeError(f"{folder} has no tokenizer.json: pass token ids, or export from a folder with a tokenizer")
+    Takes paths, not a folder: an artifact hands over only the files its manifest lists
+    (`from_artifact`); `from_folder` reads a checkpoint or tokenizer folder by the usual names.
+    """
+
+    def __init__(self, tokenizer_file: Path, config_file: Path | None = None, template_file: Path | None = None):
         try:
-            self._tok = HFTokenizer.from_file(str(path))
-        except Exception as exc:
-            raise ZayaEdgeError(f"tokenizer.json in {folder} cannot be read: {exc}") from None
-        config = {}
-        if (folder / "tokenizer_config.json").exists():
-            config = json.loads((folder / "tokenizer_config.json").read_text())
+            self._tok = HFTokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # tokenizers raises its own exception types for a bad file
+            raise ZayaEdgeError(f"{tokenizer_file} cannot be read: {exc}") from None
+        config = _read_config(config_file) if config_file is not None else {}
         template = config.get("chat_template")
-        if (folder / "chat_template.jinja").exists():
-            template = (folder / "chat_template.jinja").read_text()
+        if template_file is not None:
+            template = _read_text(template_file)
         if isinstance(template, list):  # HF's list-of-named-templates form
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
         self.chat_template = template or DEFAULT_CHAT_TEMPLATE
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
         self._compiled = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+        folder = Path(folder)
+        path = folder / A.TOKENIZER_FILE
+        if not path.exists():
+            raise ZayaEdgeError(f"{folder} has no {A.TOKENIZER_FILE}: pass token ids, or export from a folder with a tokenizer")
+        optional = [folder / n for n in (A.TOKENIZER_CONFIG_FILE, A.CHAT_TEMPLATE_FILE)]
+        return cls(path, *(p if p.exists() else None for p in optional))
+
+    @classmethod
+    def from_artifact(cls, artifact: A.Artifact) -> "Tokenizer | None":
+        """The artifact's tokenizer, from the files its manifest lists; None when it has none."""
+        files = artifact.tokenizer_files
+        if files is None:
+            return None
+        return cls(files[A.TOKENIZER_FILE], files.get(A.TOKENIZER_CONFIG_FILE), files.get(A.CHAT_TEMPLATE_FILE))
 
     @property
     def vocab_size(self) -> int:
@@ -75,6 +91,23 @@ class Tokenizer:
 
     def chat_prompt(self, user_message: str) -> list[int]:
         return self.chat_ids([{"role": "user", "content": user_message}])
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZayaEdgeError(f"cannot read {path}: {exc}") from None
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ZayaEdgeError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ZayaEdgeError(f"{path} is not a JSON object")
+    return config
 
 
 def _token_text(token) -> str | None:

@@ -1,20 +1,20 @@
-"""A bare onnxruntime driver for exporter tests: no runtime package, concat-mode cache."""
+"""A bare onnxruntime driver for exporter tests: no runtime package, concat-mode cache, the
+artifact's own session (Artifact.open_session) with the ai.zaya function bodies."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 from zaya_edge import artifact as A
 
 
 class OrtDecoder:
     def __init__(self, folder):
-        self.manifest = A.read_manifest(folder)
-        self.dims = self.manifest.model_dims
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / A.MODEL_FILE), so, providers=["CPUExecutionProvider"])
+        artifact = A.Artifact.open(folder)
+        self.manifest = artifact.manifest
+        self.dims = artifact.dims
+        # the exporter's graph as written: function bodies, not the native kernels
+        self.session = artifact.open_session(custom_ops=False).session
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def zero_state(self, batch: int) -> dict:

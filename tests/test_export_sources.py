@@ -28,9 +28,9 @@ def test_live_module_state_dict_and_folder_give_the_same_artifact(tmp_path):
     export_model(tmp_path / "ckpt", tmp_path / "folder", precision="fp32", progress=False)
     export_model(model.state_dict(), tmp_path / "sd", config=model.config, precision="fp32", progress=False)
     assert _hashes(tmp_path / "live") == _hashes(tmp_path / "folder") == _hashes(tmp_path / "sd")
-    manifest = A.read_manifest(tmp_path / "folder")
-    assert manifest.source["kind"] == "folder"
-    assert "model.safetensors" in manifest.source["files"]
+    manifest = A.Artifact.open(tmp_path / "folder").manifest
+    assert manifest.source.kind == "folder"
+    assert "model.safetensors" in manifest.source.files
 
 
 def test_sharded_checkpoint_exports_identically(tmp_path):
@@ -66,7 +66,7 @@ def test_artifact_contents_and_genai_config(tmp_path):
     art = tmp_path / "art"
     for name in (A.MODEL_FILE, A.DATA_FILE, A.MANIFEST_FILE, A.CONFIG_FILE, A.GENERATION_CONFIG_FILE, A.GENAI_CONFIG_FILE):
         assert (art / name).is_file(), name
-    manifest = A.read_manifest(art)
+    manifest = A.Artifact.open(art).manifest
     assert manifest.format_version == A.FORMAT_VERSION
     assert manifest.ops[A.ZAYA_DOMAIN] == {A.ROUTER_OP: model.config.num_hidden_layers}
     assert manifest.ops["com.microsoft"]["GroupQueryAttention"] == model.config.num_hidden_layers

@@ -78,8 +78,8 @@ def test_untrained_model_distribution_stays_close(tmp_path):
 
 def test_graph_ops_and_manifest(trained):
     root, _, _ = trained
-    manifest = A.read_manifest(root / "int4")
-    layers = manifest.model_dims.num_layers
+    manifest = A.Artifact.open(root / "int4").manifest
+    layers = manifest.dims.num_layers
     ms = manifest.ops["com.microsoft"]
     assert ms["MatMulNBits"] == 2 * layers + 1  # fused q|k|v_cur|v_del, o_proj; the lm_head
     assert ms["QMoE"] == layers and ms["GatherBlockQuantized"] == 1
@@ -88,9 +88,9 @@ def test_graph_ops_and_manifest(trained):
     assert manifest.precision == "int4"
     assert (q["bits"], q["block_size"], q["symmetric"], q["lm_head_bits"]) == (4, 32, True, 4)
     assert q["method"] in ("rtn", "mse")
-    fp32 = A.read_manifest(root / "fp32")
+    fp32 = A.Artifact.open(root / "fp32").manifest
     assert fp32.quantization == {}
-    assert manifest.files[A.DATA_FILE]["bytes"] < fp32.files[A.DATA_FILE]["bytes"] / 3
+    assert manifest.files[A.DATA_FILE].bytes < fp32.files[A.DATA_FILE].bytes / 3
 
 
 def _with_outputs(folder, names, tmp_path):

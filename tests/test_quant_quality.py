@@ -101,6 +101,6 @@ def test_artifact_reference_does_not_import_torch(arts):
 def test_longer_than_the_context_is_one_clear_error(arts):
     from zaya_edge import artifact as A
 
-    limit = A.read_manifest(arts / "int4").context_length
+    limit = A.Artifact.open(arts / "int4").manifest.context_length
     with pytest.raises(ZayaEdgeError, match=f"is {limit + 1} tokens; .* holds at most {limit}"):
         quality(arts / "int4", arts / "fp32", length=limit + 1)

@@ -53,7 +53,7 @@ def tokenizer(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tok")
     save_tokenizer(folder)
-    return Tokenizer(folder)
+    return Tokenizer.from_folder(folder)
 
 
 def test_stream_decoder_never_splits_multibyte_characters(tokenizer):

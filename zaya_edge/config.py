@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import CheckpointError
 
 LAYER_TYPES = ("hybrid", "hybrid_sliding")
 DEFAULT_ROPE = {
@@ -77,27 +77,21 @@ class ZayaDims:
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_dict(cls, cfg: dict) -> "ZayaDims":
+        """The dims of a config.json's dict; what the exporter cannot build is refused here."""
         if cfg.get("model_type") != "zaya":
-            raise ZayaEdgeError(
+            raise CheckpointError(
                 f"not a ZAYA config: model_type is {cfg.get('model_type')!r}, expected 'zaya'"
             )
         n_layers = int(cfg.get("num_hidden_layers", 40))
         layer_types = tuple(cfg.get("layer_types") or ["hybrid"] * n_layers)
         unknown = sorted(set(layer_types) - set(LAYER_TYPES))
         if unknown or len(layer_types) != n_layers:
-            raise ZayaEdgeError(f"unsupported layer_types {unknown or layer_types!r}")
-        rope = cfg.get("rope_parameters") or {}
-        theta, partial = {}, {}
-        for lt in LAYER_TYPES:
-            params = {**DEFAULT_ROPE[lt], **(rope.get(lt) or {})}
-            if params.get("rope_type", "default") != "default":
-                raise ZayaEdgeError(f"unsupported rope_type {params['rope_type']!r} for {lt} layers")
-            theta[lt] = float(params["rope_theta"])
-            partial[lt] = float(params.get("partial_rotary_factor", 1.0))
+            raise CheckpointError(f"unsupported layer_types {unknown or layer_types!r}")
         if int(cfg.get("num_experts_per_tok", 1)) != 1:
-            raise ZayaEdgeError("ZAYA export supports num_experts_per_tok = 1 only")
+            raise CheckpointError("ZAYA export supports num_experts_per_tok = 1 only")
         if cfg.get("attention_bias", False):
-            raise ZayaEdgeError("attention_bias=True is not supported (ZAYA1 has no projection biases)")
+            raise CheckpointError("attention_bias=True is not supported (ZAYA1 has no projection biases)")
+        theta, partial = _rope_settings(cfg.get("rope_parameters") or {})
         dims = cls(
             vocab_size=int(cfg.get("vocab_size", 262272)),
             hidden_size=int(cfg.get("hidden_size", 2048)),
@@ -123,17 +117,21 @@ class ZayaDims:
             eos_token_id=cfg.get("eos_token_id", 106),
             pad_token_id=cfg.get("pad_token_id", 0),
         )
-        if dims.head_dim % 8:
-            raise ZayaEdgeError(f"head_dim must be a multiple of 8 (GroupQueryAttention), got {dims.head_dim}")
-        for lt in set(layer_types):
-            if (dims.rotary_dim(lt) // 2) % 8:
-                raise ZayaEdgeError(
-                    f"rotary width {dims.rotary_dim(lt)} of {lt} layers is unsupported: GroupQueryAttention "
+        dims._check_exportable()
+        return dims
+
+    def _check_exportable(self) -> None:
+        """Shapes onnxruntime's fused attention cannot take (issue: lift these)."""
+        if self.head_dim % 8:
+            raise CheckpointError(f"head_dim must be a multiple of 8 (GroupQueryAttention), got {self.head_dim}")
+        for lt in set(self.layer_types):
+            if (self.rotary_dim(lt) // 2) % 8:
+                raise CheckpointError(
+                    f"rotary width {self.rotary_dim(lt)} of {lt} layers is unsupported: GroupQueryAttention "
                     "needs head_dim * partial_rotary_factor / 2 to be a multiple of 8"
                 )
-        if "hybrid_sliding" in layer_types and not dims.sliding_window:
-            raise ZayaEdgeError("layer_types has hybrid_sliding layers but sliding_window is not set")
-        return dims
+        if "hybrid_sliding" in self.layer_types and not self.sliding_window:
+            raise CheckpointError("layer_types has hybrid_sliding layers but sliding_window is not set")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ZayaDims":
@@ -141,9 +139,13 @@ class ZayaDims:
         try:
             cfg = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ZayaEdgeError(f"no config.json at {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ZayaEdgeError(f"{path} is not valid JSON: {exc}") from None
+            raise CheckpointError(f"no config.json at {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{path} is not a JSON object")
         return cls.from_dict(cfg)
 
     @property
@@ -152,3 +154,15 @@ class ZayaDims:
         if eos is None:
             return []
         return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def _rope_settings(rope: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """(rope_theta, partial_rotary_factor) per layer type, defaults filled in."""
+    theta, partial = {}, {}
+    for lt in LAYER_TYPES:
+        params = {**DEFAULT_ROPE[lt], **(rope.get(lt) or {})}
+        if params.get("rope_type", "default") != "default":
+            raise CheckpointError(f"unsupported rope_type {params['rope_type']!r} for {lt} layers")
+        theta[lt] = float(params["rope_theta"])
+        partial[lt] = float(params.get("partial_rotary_factor", 1.0))
+    return theta, partial

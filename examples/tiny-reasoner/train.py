@@ -93,7 +93,7 @@ def build_tokenizer(folder: Path) -> Tokenizer:
     tok.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "<bos>", "eos_token": "<|im_end|>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    codec = Tokenizer(folder)
+    codec = Tokenizer.from_folder(folder)
     assert [codec.token_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
     return codec
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from zaya_edge import artifact as A
 from zaya_edge.runtime import Engine, Request, SamplingParams
 from zaya_edge.memory import peak_rss_bytes
 
@@ -21,6 +20,33 @@ from zaya_edge.memory import peak_rss_bytes
 def _prompts(vocab: int, n: int, length: int, seed: int) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
     return [tuple(int(t) for t in rng.integers(16, vocab, length)) for _ in range(n)]
+
+
+def _greedy(new_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_new_tokens=new_tokens, ignore_eos=True)
+
+
+def _measure(engine, prompt, new_tokens, prefill, batches, runs, seed, on_result) -> dict[str, list[float]]:
+    """One warm-up, then `runs` rounds of every workload, interleaved; samples per figure."""
+    vocab = engine.dims.vocab_size
+    engine.generate_batch([Request(_prompts(vocab, 1, 8, seed)[0], _greedy(4))])
+    samples: dict[str, list[float]] = {}
+
+    def record(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+        if on_result:
+            on_result(key, value)
+
+    for run in range(runs):
+        engine.generate_batch([Request(_prompts(vocab, 1, prompt, seed + run)[0], _greedy(new_tokens))])
+        record("decode_tok_s_b1", engine.last_stats.decode_tokens_per_s)
+        record("ttft_s", engine.last_stats.time_to_first_token_s)
+        engine.generate_batch([Request(_prompts(vocab, 1, prefill, seed + 100 + run)[0], _greedy(1))])
+        record("prefill_tok_s", engine.last_stats.prefill_tokens_per_s)
+        for b in batches:
+            engine.generate_batch([Request(p, _greedy(new_tokens)) for p in _prompts(vocab, b, prompt, seed + 1000 * b + run)])
+            record(f"decode_tok_s_b{b}", engine.last_stats.decode_tokens_per_s)
+    return samples
 
 
 def bench_artifact(
@@ -38,28 +64,9 @@ def bench_artifact(
     t0 = time.perf_counter()
     engine = Engine.load(path, threads=threads, max_batch=max((1, *batches)))
     load_s = time.perf_counter() - t0
-    vocab = engine.dims.vocab_size
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=new_tokens, ignore_eos=True)
-    engine.generate_batch([Request(_prompts(vocab, 1, 8, seed)[0], SamplingParams(temperature=0.0, max_new_tokens=4, ignore_eos=True))])
-    samples: dict[str, list[float]] = {}
-
-    def record(key: str, value: float) -> None:
-        samples.setdefault(key, []).append(value)
-        if on_result:
-            on_result(key, value)
-
-    for run in range(runs):
-        engine.generate_batch([Request(_prompts(vocab, 1, prompt, seed + run)[0], greedy)])
-        s = engine.last_stats
-        record("decode_tok_s_b1", s.decode_tokens_per_s)
-        record("ttft_s", s.time_to_first_token_s)
-        engine.generate_batch([Request(_prompts(vocab, 1, prefill, seed + 100 + run)[0], SamplingParams(temperature=0.0, max_new_tokens=1, ignore_eos=True))])
-        record("prefill_tok_s", engine.last_stats.prefill_tokens_per_s)
-        for b in batches:
-            engine.generate_batch([Request(p, greedy) for p in _prompts(vocab, b, prompt, seed + 1000 * b + run)])
-            record(f"decode_tok_s_b{b}", engine.last_stats.decode_tokens_per_s)
+    samples = _measure(engine, prompt, new_tokens, prefill, batches, runs, seed, on_result)
     manifest = engine.manifest
-    artifact_bytes = sum(rec["bytes"] for rec in manifest.files.values())
+    artifact_bytes = engine.session.artifact.total_bytes
     d = engine.dims
     # the largest cache any workload held: rows x (prompt + new) KV columns plus per-row states
     cache_bytes = max(
@@ -76,7 +83,7 @@ def bench_artifact(
         "samples": samples,
         "peak_rss_bytes": peak_rss_bytes(),
         "artifact_bytes": artifact_bytes,
-        "weights_bytes": sum(manifest.files[n]["bytes"] for n in (A.MODEL_FILE, A.DATA_FILE) if n in manifest.files),
+        "weights_bytes": engine.session.artifact.weight_bytes,
         "kv_bytes_per_token": engine.dims.kv_bytes_per_token,
         "cache_bytes": cache_bytes,
         # the issue's memory goal: peak RSS within 15 % of what the run must hold

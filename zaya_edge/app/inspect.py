@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zaya_edge import artifact as A
+from zaya_edge import custom_ops
 
 
 def _size(n: float) -> str:
@@ -17,9 +18,9 @@ def _size(n: float) -> str:
 
 def inspect_artifact(folder: str | Path, context: int = 4096, batch: int = 1, load_session: bool = False) -> dict:
     folder = Path(folder)
-    m = A.read_manifest(folder)
-    d = m.model_dims
-    weights = sum(rec["bytes"] for name, rec in m.files.items() if name in (A.MODEL_FILE, A.DATA_FILE))
+    artifact = A.Artifact.open(folder)
+    m, d = artifact.manifest, artifact.dims
+    weights = artifact.weight_bytes
     kv = d.kv_bytes_per_token * context * batch
     fixed = d.fixed_state_bytes * batch
     report = {
@@ -34,21 +35,22 @@ def inspect_artifact(folder: str | Path, context: int = 4096, batch: int = 1, lo
             "head_dim": d.head_dim, "experts": d.num_experts, "vocab": d.vocab_size,
             "layer_types": sorted(set(d.layer_types)),
         },
-        "files": {name: rec["bytes"] for name, rec in sorted(m.files.items())},
+        "files": {name: rec.bytes for name, rec in sorted(m.files.items())},
         "ops": m.ops,
-        "inputs": m.inputs[:2] + [["...", "", f"{len(m.inputs) - 2} state inputs"]],
-        "outputs": m.outputs[:1] + [["...", "", f"{len(m.outputs) - 1} state outputs"]],
+        "inputs": [list(s) for s in m.inputs[:2]] + [["...", "", f"{len(m.inputs) - 2} state inputs"]],
+        "outputs": [list(s) for s in m.outputs[:1]] + [["...", "", f"{len(m.outputs) - 1} state outputs"]],
         "memory_estimate": {
             "context": context, "batch": batch, "weights_bytes": weights,
             "kv_cache_bytes": kv, "fixed_state_bytes": fixed, "total_bytes": weights + kv + fixed,
         },
         "versions": m.versions,
-        "source": {k: v for k, v in m.source.items() if k != "files"},
+        "source": {"kind": m.source.kind, "path": m.source.path},
     }
+    report["custom_ops"] = custom_ops.describe()
     if load_session:
         from zaya_edge.runtime.session import DecoderSession
 
-        session = DecoderSession(folder)
+        session = DecoderSession(artifact)
         report["router_kernel"] = (
             f"native ({session.custom_ops_library})" if session.uses_native_kernels else "function fallback (standard ONNX ops)"
         )
@@ -72,6 +74,7 @@ def _text(r: dict) -> str:
         f"KV {_size(mem['kv_cache_bytes'])} + CCA state {_size(mem['fixed_state_bytes'])} = {_size(mem['total_bytes'])}",
         "versions      " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
     ]
+    lines.append(r["custom_ops"])
     if "router_kernel" in r:
         lines.append(f"router kernel {r['router_kernel']}")
     return "\n".join(lines)

@@ -77,7 +77,7 @@ def load_tokens(
         ids, what = _tokenize(text, tokenizer_dirs), f"{len(text)} characters of text"
     else:
         if length < 2:
-            raise ZayaEdgeError(f"need at least 2 tokens to compare, got --length {length}")
+            raise ZayaEdgeError(f"need at least 2 tokens to compare, got length {length}")
         rng = np.random.default_rng(seed)
         ids, what = rng.integers(4 if vocab_size > 8 else 0, vocab_size, length), f"random tokens (seed {seed})"
     ids = np.asarray(ids, np.int64).reshape(-1)
@@ -113,16 +113,11 @@ class ArtifactLogits:
     """Next-token logits of an artifact, position by position (onnxruntime, fp32 state)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
         self.folder = Path(folder)
-        self.manifest = A.read_manifest(self.folder)
-        self.dims = self.manifest.model_dims
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.folder / A.MODEL_FILE), so, providers=["CPUExecutionProvider"])
+        self.artifact = A.Artifact.open(self.folder)
+        self.manifest = self.artifact.manifest
+        self.dims = self.artifact.dims
+        self.session = self.artifact.open_session(threads=threads).session
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -211,7 +206,7 @@ def quality(
     )
     limit = art.manifest.context_length
     if len(ids) > limit:
-        raise ZayaEdgeError(f"{what} is {len(ids)} tokens; {artifact} holds at most {limit} (pass a shorter text or --length)")
+        raise ZayaEdgeError(f"{what} is {len(ids)} tokens; {artifact} holds at most {limit} (pass a shorter text or fewer tokens)")
     return QualityReport(artifact=str(artifact), reference=str(reference), tokens=what, **compare(art, ref, ids))
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
+from zaya_edge.app.files import write_json_atomic
+from zaya_edge.app.quality import DEFAULT_LENGTH
 from zaya_edge.errors import ZayaEdgeError
 
 
@@ -15,7 +19,7 @@ from zaya_edge.errors import ZayaEdgeError
               help="Token ids: a .npy file or integers separated by whitespace or commas.")
 @click.option("--text", default=None, help="Text to compare on (needs a tokenizer.json in ARTIFACT or REF).")
 @click.option("--text-file", type=click.Path(path_type=str), default=None, help="Read --text from this file.")
-@click.option("--length", type=int, default=256, show_default=True, help="Random tokens when no tokens or text are given.")
+@click.option("--length", type=int, default=DEFAULT_LENGTH, show_default=True, help="Random tokens when no tokens or text are given.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random tokens.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None,
               help="Write the report here (default: ARTIFACT.quality.json beside the folder).")
@@ -40,7 +44,7 @@ def quality(artifact, reference, tokens_file, text, text_file, length, seed, jso
     report = Q.quality(artifact, reference, tokens_file=tokens_file, text=text, length=length, seed=seed,
                        threads=threads)
     click.echo(report.table())
-    out.write_text(report.to_json())
+    write_json_atomic(out, dataclasses.asdict(report))
     click.echo(f"wrote {out}")
 
 
@@ -71,8 +75,6 @@ def inspect(artifact, context, batch, load_session, as_json):
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Also write the results as JSON.")
 def bench(artifact, threads, prompt, new_tokens, prefill, batches, runs, json_path):
     """Measure decode, prefill and batched throughput of ARTIFACT (medians of interleaved runs)."""
-    import json as _json
-
     from zaya_edge.app.bench import bench_artifact, format_report
 
     try:
@@ -85,5 +87,4 @@ def bench(artifact, threads, prompt, new_tokens, prefill, batches, runs, json_pa
                             batches=sizes, runs=runs)
     click.echo(format_report(result))
     if json_path:
-        with open(json_path, "w") as f:
-            _json.dump(result, f, indent=2)
+        write_json_atomic(json_path, result)

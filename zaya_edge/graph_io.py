@@ -1,0 +1,64 @@
+"""The decoder graph's inputs and outputs: names, dtypes, state shapes (part of the contract).
+
+Names follow onnxruntime-genai's templates so its generator can drive the same graph. Beside
+the KV cache every layer carries two small CCA states: the conv window and the delayed value.
+"""
+
+from __future__ import annotations
+
+from zaya_edge.config import ZayaDims
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+LOGITS = "logits"
+PAST_KEY = "past_key_values.%d.key"
+PAST_VALUE = "past_key_values.%d.value"
+PAST_CONV = "past_conv.%d"
+PAST_RECURRENT = "past_recurrent.%d"
+PRESENT_KEY = "present.%d.key"
+PRESENT_VALUE = "present.%d.value"
+PRESENT_CONV = "present_conv.%d"
+PRESENT_RECURRENT = "present_recurrent.%d"
+
+STATE_KINDS = ("key", "value", "conv", "recurrent")
+PAST_NAMES = {"key": PAST_KEY, "value": PAST_VALUE, "conv": PAST_CONV, "recurrent": PAST_RECURRENT}
+PRESENT_NAMES = {
+    "key": PRESENT_KEY,
+    "value": PRESENT_VALUE,
+    "conv": PRESENT_CONV,
+    "recurrent": PRESENT_RECURRENT,
+}
+
+
+def state_shape(dims: ZayaDims, kind: str, batch, length) -> tuple:
+    """Shape of one layer's state of `kind`; `length` is the key/value time axis."""
+    if kind in ("key", "value"):
+        return (batch, dims.num_kv_heads, length, dims.head_dim)
+    if kind == "conv":
+        return (batch, dims.conv_channels, dims.conv_state_len)
+    if kind == "recurrent":
+        return (batch, dims.value_half)
+    raise ValueError(kind)
+
+
+def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[tuple], list[tuple]]:
+    """(inputs, outputs) as (name, dtype, shape) with symbolic dims as strings.
+
+    Semantics: `attention_mask` is [batch, past + sequence] with 1 for real tokens; every row
+    shares the same column positions (left padding and holes are masked, never compacted), so
+    the new tokens of all rows go to the same cache columns. The key/value past may be a
+    longer preallocated buffer (shared past/present buffer); the mask's width says how much
+    of it is in use.
+    """
+    inputs = [
+        (INPUT_IDS, "int64", ("batch", "sequence")),
+        (ATTENTION_MASK, "int64", ("batch", "total_sequence")),
+    ]
+    outputs = [(LOGITS, "float32", ("batch", "sequence" if all_logits else 1, dims.vocab_size))]
+    for i in range(dims.num_layers):
+        for kind in STATE_KINDS:
+            inputs.append((PAST_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "past_sequence")))
+            outputs.append(
+                (PRESENT_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "present_sequence"))
+            )
+    return inputs, outputs

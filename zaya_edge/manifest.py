@@ -1,0 +1,112 @@
+"""The manifest (`zaya_edge.json`): what the exporter promises about an artifact, typed.
+
+Read once, at the boundary: `Manifest.parse(text)` checks the JSON against every field's type
+(typed_json), then that the promises agree with each other — the graph IO the manifest declares
+is the one its dims imply. A wrong field is one `ArtifactError` at load, never a traceback on
+the first step. The dims are stored as `ZayaDims`'s own fields, so reading them back is the
+same typed decode as every other field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import NamedTuple
+
+from zaya_edge.config import ZayaDims
+from zaya_edge.errors import ArtifactError
+from zaya_edge.graph_io import io_spec
+from zaya_edge.typed_json import decode
+
+FORMAT_VERSION = 2  # 2: dims as ZayaDims fields, typed source record
+PRECISIONS = ("fp32", "int8", "int4")
+MANIFEST_FILE = "zaya_edge.json"
+
+
+class TensorSpec(NamedTuple):
+    """One graph input or output; stored as a JSON list [name, dtype, shape]."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the weights came from: a checkpoint folder (with its files' records) or a live module."""
+
+    kind: str  # "folder" | "module"
+    path: str | None = None
+    files: dict[str, FileRecord] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    precision: str
+    quantization: dict[str, str | int | bool | None]  # {} for fp32; the export plan's record
+    all_logits: bool
+    context_length: int
+    dims: ZayaDims
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    ops: dict[str, dict[str, int]]  # domain -> op type -> node count
+    files: dict[str, FileRecord]  # every file of the folder but the manifest itself
+    source: Source
+    versions: dict[str, str]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ArtifactError(f"{where} is corrupt: {exc}") from None
+        if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"artifact format version {data.get('format_version')!r} is not supported by this zaya-edge "
+                f"(expects {FORMAT_VERSION}); re-export the model with this version"
+            )
+        manifest = decode(cls, data, where)
+        manifest.check(where)
+        return manifest
+
+    def check(self, where: str = MANIFEST_FILE) -> None:
+        """The fields agree with each other (types were checked by the decode)."""
+        if self.precision not in PRECISIONS:
+            raise ArtifactError(f"{where}: unknown precision {self.precision!r}")
+        _check_dims(self.dims, where)
+        if self.context_length < 1:
+            raise ArtifactError(f"{where}: context_length must be positive, got {self.context_length}")
+        inputs, outputs = io_spec(self.dims, self.all_logits)
+        for kind, declared, implied in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
+            want = [TensorSpec(n, t, tuple(s)) for n, t, s in implied]
+            if list(declared) != want:
+                names = {s.name for s in declared}
+                missing = [s.name for s in want if s.name not in names] or [
+                    s.name for s, d in zip(want, declared) if s != d]
+                raise ArtifactError(f"graph {kind}s in {where} do not match the manifest's dims "
+                                    f"(missing or different: {missing[:3]}): artifact is inconsistent")
+        for name, record in self.files.items():
+            if record.bytes < 0 or len(record.sha256) != 64:
+                raise ArtifactError(f"{where}: the record of {name} is malformed")
+
+
+def _check_dims(d: ZayaDims, where: str) -> None:
+    sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+             "num_experts", "moe_intermediate_size", "router_hidden_size", "cca_time0", "cca_time1")
+    bad = [n for n in sizes if getattr(d, n) < 1]
+    if bad:
+        raise ArtifactError(f"{where}: dims.{bad[0]} must be positive, got {getattr(d, bad[0])}")
+    if len(d.layer_types) != d.num_layers or d.num_heads % d.num_kv_heads:
+        raise ArtifactError(f"{where}: dims are inconsistent (layer_types or head counts)")
+    if set(d.layer_types) - set(d.rope_theta) or set(d.layer_types) - set(d.partial_rotary_factor):
+        raise ArtifactError(f"{where}: dims lack rope settings for a layer type")

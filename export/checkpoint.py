@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from zaya_edge.config import ZayaDims
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import CheckpointError, RequestError, ZayaEdgeError
 
 # safetensors' numpy backend cannot return bf16 (numpy has no such dtype) and its torch
 # backend would make torch a hard requirement for reading. The format is a little-endian u64
@@ -48,6 +48,15 @@ def _widen(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
         out[...] = raw
 
 
+def _dims(read, source) -> ZayaDims:
+    """The checkpoint's dims; a config the exporter cannot take is the checkpoint's fault here
+    (ZayaDims raises the plain base error: the runtime reads configs too)."""
+    try:
+        return read(source)
+    except ZayaEdgeError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 class _SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
@@ -56,7 +65,7 @@ class _SafetensorsFile:
                 (n,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(n))
         except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ZayaEdgeError(f"{path.name} is not a readable safetensors file: {exc}") from None
+            raise CheckpointError(f"{path.name} is not a readable safetensors file: {exc}") from None
         self.data_start = 8 + n
         header.pop("__metadata__", None)
         self.entries = header
@@ -66,7 +75,7 @@ class _SafetensorsFile:
         e = self.entries[name]
         np_dtype = _SAFETENSORS_DTYPES.get(e["dtype"])
         if np_dtype is None:
-            raise ZayaEdgeError(f"tensor {name} has unsupported dtype {e['dtype']}")
+            raise CheckpointError(f"tensor {name} has unsupported dtype {e['dtype']}")
         shape = list(e["shape"])
         start, end = e["data_offsets"]
         itemsize = np.dtype(np_dtype).itemsize
@@ -84,7 +93,7 @@ class _SafetensorsFile:
             for i in range(0, count, _READ_VALUES):
                 chunk = buf[: min(_READ_VALUES, count - i)]
                 if f.readinto(memoryview(chunk).cast("B")) != chunk.nbytes:
-                    raise ZayaEdgeError(f"{self.path.name} is truncated: tensor {name} runs past its end")
+                    raise CheckpointError(f"{self.path.name} is truncated: tensor {name} runs past its end")
                 _widen(chunk, e["dtype"], out[i : i + len(chunk)])
         return out.reshape(shape)
 
@@ -129,10 +138,10 @@ class FolderCheckpoint(Checkpoint):
     def __init__(self, folder: str | Path):
         folder = Path(folder)
         if not folder.is_dir():
-            raise ZayaEdgeError(f"{folder} is not a checkpoint folder")
+            raise CheckpointError(f"{folder} is not a checkpoint folder")
         self.folder = folder
         self.resets_skip_bias = True
-        self.dims = ZayaDims.from_file(folder / "config.json")
+        self.dims = _dims(ZayaDims.from_file, folder / "config.json")
         self.config = json.loads((folder / "config.json").read_text())
         index = folder / "model.safetensors.index.json"
         single = folder / "model.safetensors"
@@ -141,7 +150,7 @@ class FolderCheckpoint(Checkpoint):
             shard_names = sorted(set(weight_map.values()))
             missing = [s for s in shard_names if not (folder / s).exists()]
             if missing:
-                raise ZayaEdgeError(f"checkpoint shard {missing[0]} listed in the index is missing")
+                raise CheckpointError(f"checkpoint shard {missing[0]} listed in the index is missing")
             shards = {s: _SafetensorsFile(folder / s) for s in shard_names}
             self._where = {name: shards[s] for name, s in weight_map.items()}
             self.files = [folder / s for s in shard_names] + [index]
@@ -152,11 +161,11 @@ class FolderCheckpoint(Checkpoint):
         else:
             pickles = [p for p in PICKLE_FILES if (folder / p).exists()]
             if pickles or list(folder.glob("pytorch_model-*.bin")):
-                raise ZayaEdgeError(
+                raise CheckpointError(
                     f"{folder} holds only a pickle checkpoint ({pickles[0] if pickles else 'pytorch_model-*.bin'}); "
                     "pickles can run arbitrary code and are refused — convert it to safetensors first"
                 )
-            raise ZayaEdgeError(f"{folder} has no model.safetensors or model.safetensors.index.json")
+            raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json")
         self.files.append(folder / "config.json")
 
     def names(self) -> set[str]:
@@ -180,7 +189,7 @@ class StateDictCheckpoint(Checkpoint):
 
     def __init__(self, state_dict: dict, config: dict):
         self.config = dict(config)
-        self.dims = ZayaDims.from_dict(self.config)
+        self.dims = _dims(ZayaDims.from_dict, self.config)
         self._sd = state_dict
 
     @classmethod
@@ -214,13 +223,13 @@ def open_checkpoint(src, config: dict | None = None) -> Checkpoint:
         return FolderCheckpoint(src)
     if isinstance(src, dict):
         if config is None:
-            raise ZayaEdgeError("exporting a state_dict needs its config (a dict or ZayaConfig)")
+            raise RequestError("exporting a state_dict needs its config (a dict or ZayaConfig)")
         if not isinstance(config, dict):
             config = config.to_dict()
         return StateDictCheckpoint(src, config)
     if hasattr(src, "state_dict") and hasattr(src, "config"):
         return StateDictCheckpoint.from_module(src)
-    raise ZayaEdgeError(f"cannot export from a {type(src).__name__}: give a folder, a ZayaForCausalLM or a state_dict")
+    raise RequestError(f"cannot export from a {type(src).__name__}: give a folder, a ZayaForCausalLM or a state_dict")
 
 
 # ---- the tensors a ZAYA checkpoint must hold -------------------------------------------------
@@ -278,13 +287,13 @@ def check_tensors(ckpt: Checkpoint) -> None:
     names = ckpt.names()
     for name, shape in expected_tensors(ckpt.dims).items():
         if name not in names:
-            raise ZayaEdgeError(f"checkpoint is missing tensor {name}")
+            raise CheckpointError(f"checkpoint is missing tensor {name}")
         got = ckpt.shape(name)
         if tuple(got) != tuple(shape):
-            raise ZayaEdgeError(f"tensor {name} has shape {list(got)}, config implies {list(shape)}")
+            raise CheckpointError(f"tensor {name} has shape {list(got)}, config implies {list(shape)}")
     for i in range(ckpt.dims.num_layers):
         name = f"model.layers.{i}.mlp.gate.balancing_biases"
         if name in names and tuple(ckpt.shape(name)) != (ckpt.dims.num_experts + 1,):
-            raise ZayaEdgeError(
+            raise CheckpointError(
                 f"tensor {name} has shape {list(ckpt.shape(name))}, config implies [{ckpt.dims.num_experts + 1}]"
             )

@@ -32,6 +32,10 @@ class Emitter:
             self._constants[key] = self.tape.initializer(ir.tensor(arr, name=name), name=name)
         return self._constants[key]
 
+    def i64(self, value) -> ir.Value:
+        """An int64 constant: the shapes, axes and indices most ops take."""
+        return self.const(np.asarray(value, np.int64))
+
     def weight(self, name: str, dtype: ir.DataType, shape: tuple[int, ...], produce: Callable[[], np.ndarray]) -> ir.Value:
         """An initializer whose bytes come from `produce()` only when it is written out."""
 

@@ -17,10 +17,6 @@ import dataclasses
 
 import numpy as np
 
-METHODS = ("rtn", "mse")
-BITS = (4, 8)
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-
 # Candidate clipping ratios of the MSE search (fractions of the block's range), then one
 # least-squares rescale of the winner. Chosen to stay within ~6x the cost of RTN.
 _MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)

@@ -1,4 +1,4 @@
-"""The int4/int8 parts of the decoder graph: MatMulNBits projections, QMoE experts, and one
+"""The int4/int8 layers of the decoder graph: MatMulNBits projections, QMoE experts, and one
 quantized embedding table read by both GatherBlockQuantized (lookup) and MatMulNBits (lm_head).
 
 Weights stay lazy: one quantization feeds several initializers (packed values, scales, zero
@@ -15,17 +15,10 @@ import onnx_ir as ir
 
 from .checkpoint import Checkpoint
 from .emitter import Emitter
+from .layers import MS, SWIGLU_TOP1, Layers, interleave_gate_up
 from .quant import QuantSpec
-from .quant_layout import (
-    interleave_gate_up,
-    matmulnbits_arrays,
-    matmulnbits_shapes,
-    qmoe_expert,
-    qmoe_pack,
-    qmoe_shapes,
-)
+from .quant_layout import matmulnbits_arrays, matmulnbits_shapes, qmoe_expert, qmoe_pack, qmoe_shapes
 
-MS = "com.microsoft"
 ACCURACY_LEVEL = 4  # int8 activations: 2.6-4x faster decode for ~0.5% error (onnxruntime-notes)
 # Scales are stored as fp16 (half their bytes; 4.5 instead of 5 bits per weight at block 32):
 # QMoE reads them as they are, MatMulNBits (scales must match the fp32 activations) through a
@@ -64,11 +57,14 @@ class QuantTable:
         self.gather_scales: ir.Value | None = None
 
 
-class QuantizedLayers:
-    """Emits the quantized nodes of one graph; the decoder builder calls it where fp32 has MatMul/MoE/Gather."""
+class QuantizedLayers(Layers):
+    """Block-quantized weights; other float tensors keep the checkpoint's bf16/fp16 (exact)."""
+
+    keeps_narrow_floats = True
 
     def __init__(self, e: Emitter, ckpt: Checkpoint, spec: QuantSpec, table_bits: int):
-        self.e, self.ckpt, self.spec = e, ckpt, spec
+        super().__init__(e, ckpt)
+        self.spec = spec
         self.table_spec = QuantSpec(table_bits, spec.block_size, spec.symmetric, spec.method)
 
     def _initializers(self, prefix: str, shapes: dict, dtypes: dict, parts: _Parts) -> dict[str, ir.Value]:
@@ -79,7 +75,6 @@ class QuantizedLayers:
 
     # ---- dense projections ------------------------------------------------------------------
     def linear(self, path: str, x: ir.Value, name: str, sources: list[str]) -> ir.Value:
-        """x · Wᵀ for the row-concatenation W of several nn.Linear weights (one fused node)."""
         ckpt, spec = self.ckpt, self.spec
         n = sum(ckpt.shape(s)[0] for s in sources)
         k = ckpt.shape(sources[0])[1]
@@ -141,9 +136,8 @@ class QuantizedLayers:
             weight,
         ]
         return self.e.op(
-            "QMoE", path, inputs,
-            {"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1, "activation_alpha": 1.0,
-             "activation_beta": 0.0, "normalize_routing_weights": 0, "expert_weight_bits": spec.bits,
+            "QMoE", f"{path}/experts", inputs,
+            {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": spec.bits,
              "block_size": spec.block_size, "accuracy_level": ACCURACY_LEVEL},
             domain=MS,
         )
@@ -178,15 +172,14 @@ class QuantizedLayers:
         """ids [B,S] ─ GatherBlockQuantized(table) ─► [B,S,n_blocks,block] ─ Reshape ─► [B,S,H]"""
         e, spec = self.e, table.spec
         if table.gather_scales is None:
-            axes = e.const(np.asarray([2], np.int64))
-            table.gather_scales = e.op("Unsqueeze", f"{path}/scales_3d", [table.scales, axes])
+            table.gather_scales = e.op("Unsqueeze", f"{path}/scales_3d", [table.scales, e.i64([2])])
         rows = e.op(
             "GatherBlockQuantized", path,
             [table.values["B"], ids, table.gather_scales, table.values.get("gather_zero_points")],
             {"bits": spec.bits, "block_size": spec.block_size, "gather_axis": 0, "quantize_axis": 2},
             domain=MS,
         )
-        return e.op("Reshape", f"{path}/rows", [rows, e.const(np.asarray([0, 0, table.cols], np.int64))])
+        return e.op("Reshape", f"{path}/rows", [rows, e.i64([0, 0, table.cols])])
 
     def head(self, path: str, table: QuantTable, flat, bias=None) -> ir.Value:
         """flat [N,H] ─ MatMulNBits(tableᵀ) ─► logits [N,V]"""

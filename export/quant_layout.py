@@ -7,7 +7,8 @@
     GatherBlockQuantized the same B read as [V, n_blocks, block·bits/8] with quantize_axis 2,
                         scales [V, n_blocks, 1] (an Unsqueeze of the MatMulNBits scales),
                         zero_points [V, n_blocks, 1] (one per byte: packed along a length-1 axis)
-    QMoE                fc1 [E, 2I, H·bits/8] with gate row j at 2j and up row j at 2j+1,
+    QMoE                fc1 [E, 2I, H·bits/8] with gate row j at 2j and up row j at 2j+1
+                        (layers.interleave_gate_up),
                         fc2 [E, H, I·bits/8], scales [E, rows, n_blocks], zero_points
                         [E, rows, ceil(n_blocks·bits/8)]
 
@@ -44,14 +45,6 @@ def matmulnbits_arrays(w: np.ndarray, spec: QuantSpec, scale_dtype=np.float16) -
     if b.zero_points is not None:
         out["zero_points"] = pack_values(b.zero_points, spec.bits)
         out["gather_zero_points"] = b.zero_points[..., None].copy()
-    return out
-
-
-def interleave_gate_up(gate_up: np.ndarray) -> np.ndarray:
-    """[.., 2I, H] gate rows then up rows -> rows 2j = gate j, 2j+1 = up j (QMoE swiglu_fusion=1)."""
-    inter = gate_up.shape[-2] // 2
-    out = np.empty_like(gate_up)
-    out[..., 0::2, :], out[..., 1::2, :] = gate_up[..., :inter, :], gate_up[..., inter:, :]
     return out
 
 

@@ -19,11 +19,14 @@ import onnx_ir as ir
 
 from zaya_edge import __version__
 from zaya_edge import artifact as A
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.config import ZayaDims
+from zaya_edge.errors import RequestError
+from zaya_edge.manifest import Source, TensorSpec
 
 from .checkpoint import Checkpoint, check_tensors, open_checkpoint
-from .graph import DecoderGraphBuilder, GraphOptions
-from .precision import DEFAULT_PRECISION, Precision, resolve
+from .graph import DecoderGraphBuilder
+from .options import DEFAULT_PRECISION
+from .plan import ExportPlan, plan_export
 
 
 def export_model(
@@ -46,24 +49,23 @@ def export_model(
     `precision` int4/int8 quantizes projections, experts and the tied table (`block_size`
     default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
     precision's, `quant_method` rtn/mse). int4 is the default, as in the CLI: the point is a model
-    that fits a laptop; fp32 is the exact reference.
+    that fits a laptop; fp32 is the exact reference. An existing `out` is replaced only if `force`.
     """
-    if precision not in A.PRECISIONS:
-        raise ZayaEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(A.PRECISIONS)}")
     out = Path(out)
     if out.exists() and not force:
-        raise ZayaEdgeError(f"{out} already exists; pass --force to replace it")
+        raise RequestError(f"{out} already exists; replacing it needs force=True")
     ckpt = open_checkpoint(src, config)
-    prec = resolve(precision, ckpt.dims, block_size=block_size, asymmetric=asymmetric,
-                   lm_head=lm_head, quant_method=quant_method)
+    plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
+                       lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
+                       context_length=context_length)
     check_tensors(ckpt)
-    if context_length is not None and context_length < 1:
-        raise ZayaEdgeError(f"context length must be positive, got {context_length}")
-    options = GraphOptions(precision=precision, all_logits=all_logits, context_length=context_length,
-                           quant=prec.quant, lm_head_bits=prec.lm_head_bits)
-    builder = DecoderGraphBuilder(ckpt, options)
-    model = builder.build()
+    model = DecoderGraphBuilder(ckpt, plan).build()
+    _write_artifact(ckpt, model, plan, out, progress)
+    return out
 
+
+def _write_artifact(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, out: Path, progress: bool) -> None:
+    """Everything into a temporary folder beside `out`, renamed into place only when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     umask = os.umask(0)
@@ -72,14 +74,13 @@ def export_model(
     try:
         _save_graph(model, tmp, ckpt.dims.num_layers, progress)
         _write_side_files(ckpt, tmp)
-        _write_genai_config(ckpt, tmp, builder.context_length)
-        manifest = _manifest(ckpt, model, options, prec, builder.context_length, tmp)
+        _write_genai_config(ckpt, tmp, plan.context_length)
+        manifest = _manifest(ckpt, model, plan, tmp)
         (tmp / A.MANIFEST_FILE).write_text(manifest.to_json())
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _save_graph(model: ir.Model, folder: Path, num_layers: int, progress: bool) -> None:
@@ -126,53 +127,60 @@ def _write_side_files(ckpt: Checkpoint, folder: Path) -> None:
 def _write_genai_config(ckpt: Checkpoint, folder: Path, context_length: int) -> None:
     """onnxruntime-genai can drive the same folder (plain decoding, no Markovian RSA)."""
     d = ckpt.dims
-    cfg = {
-        "model": {
-            "bos_token_id": d.bos_token_id,
-            "context_length": context_length,
-            "eos_token_id": d.eos_token_ids if len(d.eos_token_ids) != 1 else d.eos_token_ids[0],
-            "pad_token_id": d.pad_token_id if d.pad_token_id is not None else 0,
-            "vocab_size": d.vocab_size,
-            "type": "decoder",
-            "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-                "filename": A.MODEL_FILE,
-                "head_size": d.head_dim,
-                "hidden_size": d.hidden_size,
-                "num_attention_heads": d.num_heads,
-                "num_hidden_layers": d.num_layers,
-                "num_key_value_heads": d.num_kv_heads,
-                "inputs": {
-                    "input_ids": A.INPUT_IDS,
-                    "attention_mask": A.ATTENTION_MASK,
-                    "past_key_names": A.PAST_KEY,
-                    "past_value_names": A.PAST_VALUE,
-                    "past_conv_names": A.PAST_CONV,
-                    "past_recurrent_names": A.PAST_RECURRENT,
-                },
-                "outputs": {
-                    "logits": A.LOGITS,
-                    "present_key_names": A.PRESENT_KEY,
-                    "present_value_names": A.PRESENT_VALUE,
-                    "present_conv_names": A.PRESENT_CONV,
-                    "present_recurrent_names": A.PRESENT_RECURRENT,
-                },
-            },
+    model = {
+        "bos_token_id": d.bos_token_id,
+        "context_length": context_length,
+        "eos_token_id": d.eos_token_ids if len(d.eos_token_ids) != 1 else d.eos_token_ids[0],
+        "pad_token_id": d.pad_token_id if d.pad_token_id is not None else 0,
+        "vocab_size": d.vocab_size,
+        "type": "decoder",
+        "decoder": _genai_decoder(d),
+    }
+    cfg = {"model": model, "search": _genai_greedy_search(context_length)}
+    (folder / A.GENAI_CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+
+
+def _genai_decoder(d: ZayaDims) -> dict:
+    """The graph file, its shape and its IO names, as onnxruntime-genai's decoder section."""
+    return {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": A.MODEL_FILE,
+        "head_size": d.head_dim,
+        "hidden_size": d.hidden_size,
+        "num_attention_heads": d.num_heads,
+        "num_hidden_layers": d.num_layers,
+        "num_key_value_heads": d.num_kv_heads,
+        "inputs": {
+            "input_ids": A.INPUT_IDS,
+            "attention_mask": A.ATTENTION_MASK,
+            "past_key_names": A.PAST_KEY,
+            "past_value_names": A.PAST_VALUE,
+            "past_conv_names": A.PAST_CONV,
+            "past_recurrent_names": A.PAST_RECURRENT,
         },
-        "search": {
-            "do_sample": False,
-            "max_length": context_length,
-            "min_length": 0,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "past_present_share_buffer": False,
-            "repetition_penalty": 1.0,
-            "temperature": 1.0,
-            "top_k": 1,
-            "top_p": 1.0,
+        "outputs": {
+            "logits": A.LOGITS,
+            "present_key_names": A.PRESENT_KEY,
+            "present_value_names": A.PRESENT_VALUE,
+            "present_conv_names": A.PRESENT_CONV,
+            "present_recurrent_names": A.PRESENT_RECURRENT,
         },
     }
-    (folder / A.GENAI_CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+
+
+def _genai_greedy_search(context_length: int) -> dict:
+    return {
+        "do_sample": False,
+        "max_length": context_length,
+        "min_length": 0,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "past_present_share_buffer": False,
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_k": 1,
+        "top_p": 1.0,
+    }
 
 
 def _ops_used(model: ir.Model) -> dict:
@@ -193,31 +201,27 @@ def _versions() -> dict:
     return v
 
 
-def _manifest(ckpt: Checkpoint, model: ir.Model, options: GraphOptions, prec: Precision, context_length: int,
-              folder: Path) -> A.Manifest:
-    inputs, outputs = A.io_spec(ckpt.dims, options.all_logits)
+def _manifest(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, folder: Path) -> A.Manifest:
+    """What the exporter promises about the folder it just wrote (hashes of every file in it)."""
+    inputs, outputs = A.io_spec(ckpt.dims, plan.all_logits)
     files = {
         p.name: A.file_record(p)
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != A.MANIFEST_FILE
     }
     if ckpt.folder is not None:
-        source = {
-            "kind": "folder",
-            "path": str(ckpt.folder),
-            "files": {p.name: A.file_record(p) for p in ckpt.files},
-        }
+        source = Source("folder", str(ckpt.folder), {p.name: A.file_record(p) for p in ckpt.files})
     else:
-        source = {"kind": "module", "files": {}}
+        source = Source("module")
     return A.Manifest(
         format_version=A.FORMAT_VERSION,
-        precision=options.precision,
-        quantization=prec.record(),
-        all_logits=options.all_logits,
-        context_length=context_length,
-        dims=A.dims_to_config_dict(ckpt.dims),
-        inputs=[list(i) for i in inputs],
-        outputs=[list(o) for o in outputs],
+        precision=plan.precision,
+        quantization=plan.record(),
+        all_logits=plan.all_logits,
+        context_length=plan.context_length,
+        dims=ckpt.dims,
+        inputs=tuple(TensorSpec(n, t, tuple(s)) for n, t, s in inputs),
+        outputs=tuple(TensorSpec(n, t, tuple(s)) for n, t, s in outputs),
         ops=_ops_used(model),
         files=files,
         source=source,
@@ -226,7 +230,7 @@ def _manifest(ckpt: Checkpoint, model: ir.Model, options: GraphOptions, prec: Pr
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Atomically move the finished folder into place (replacing OUT only under --force)."""
+    """Atomically move the finished folder into place (replacing an existing OUT: force=True)."""
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.rename(out, old)

@@ -149,10 +149,10 @@ def test_bf16_source_tensors_are_kept_exactly(tmp_path):
     [
         (dict(precision="int4", block_size=48), ["block size 48", "16, 32, 64, 128, 256"]),
         (dict(precision="int4", block_size=128), ["block size 128", "hidden_size 64"]),
-        (dict(precision="int8", lm_head="int2"), ["lm-head", "int2"]),
+        (dict(precision="int8", lm_head="int2"), ["lm_head", "int2"]),
         (dict(precision="int4", quant_method="gptq"), ["quantization method", "gptq"]),
-        (dict(precision="fp32", block_size=32), ["--block-size", "fp32"]),
-        (dict(precision="fp32", asymmetric=True), ["--asymmetric", "fp32"]),
+        (dict(precision="fp32", block_size=32), ["block_size=32", "fp32"]),
+        (dict(precision="fp32", asymmetric=True), ["asymmetric=True", "fp32"]),
     ],
 )
 def test_bad_quantization_options(tmp_path, options, needles):

@@ -12,7 +12,8 @@ from zaya_edge.export import quant_layers as QL
 from zaya_edge.export.checkpoint import Checkpoint
 from zaya_edge.export.emitter import Emitter
 from zaya_edge.export.quant import QuantSpec
-from zaya_edge.export.quant_layout import interleave_gate_up, matmulnbits_arrays, qmoe_expert, qmoe_pack
+from zaya_edge.export.layers import interleave_gate_up
+from zaya_edge.export.quant_layout import matmulnbits_arrays, qmoe_expert, qmoe_pack
 
 MS = "com.microsoft"
 SPECS = [QuantSpec(4, 32, True), QuantSpec(4, 16, False), QuantSpec(8, 32, True), QuantSpec(8, 64, False),

@@ -10,15 +10,16 @@ from zaya_edge.errors import ZayaEdgeError
 
 
 class _Group(click.Group):
-    """Print ZayaEdgeError as one line (exit 2); --debug shows the traceback."""
+    """Print ZayaEdgeError, and a bad option value, as one line (exit 2); --debug shows the traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except ZayaEdgeError as exc:
+        except (ZayaEdgeError, click.BadParameter) as exc:
             if ctx.meta.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            message = exc.format_message() if isinstance(exc, click.BadParameter) else str(exc)
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

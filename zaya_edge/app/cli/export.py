@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import RequestError, ZayaEdgeError
+from zaya_edge.export import options as choices
 
 
+def _as_flags(message: str) -> str:
+    """The library names its arguments (`block_size=64`, `force=True`); here the user typed flags."""
+    for option in export.params:
+        if isinstance(option, click.Option):
+            flag = option.opts[-1]
+            message = re.sub(rf"\b{option.name}=True\b", flag, message)
+            message = re.sub(rf"\b{option.name}=", f"{flag} ", message)
+    return message
+
+
+# --block-size, --lm-head and --quant-method have no click default: fp32 refuses them when given.
 @click.command()
 @click.argument("src", type=click.Path(path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Artifact folder to create.")
-@click.option("--precision", default="int4", show_default=True, help="int4 | int8 | fp32.")
-@click.option("--block-size", type=int, default=None, help="int4/int8: weights per quantization block, 16..256.  [default: 32]")
+@click.option("--precision", type=click.Choice(choices.PRECISIONS), default=choices.DEFAULT_PRECISION, show_default=True,
+              help="Weight precision; int4/int8 quantize projections, experts and the embedding table.")
+@click.option("--block-size", type=int, default=None,
+              help=f"int4/int8: weights per quantization block, one of {', '.join(map(str, choices.BLOCK_SIZES))}."
+                   f"  [default: {choices.DEFAULT_BLOCK_SIZE}]")
 @click.option("--asymmetric", is_flag=True, default=None, help="int4/int8: a zero point per block (default: symmetric).")
-@click.option("--lm-head", default=None, help="int4 | int8: the tied embedding/lm_head table.  [default: the precision]")
-@click.option("--quant-method", default=None, help="rtn (round to nearest) | mse (per-block scale search).  [default: mse]")
+@click.option("--lm-head", type=click.Choice(choices.TABLE_PRECISIONS), default=None,
+              help="int4/int8: the tied embedding/lm_head table.  [default: the precision]")
+@click.option("--quant-method", type=click.Choice(choices.METHODS), default=None,
+              help=f"int4/int8: rtn (round to nearest) or mse (per-block scale search).  [default: {choices.DEFAULT_METHOD}]")
 @click.option("--all-logits", is_flag=True, help="Output logits for every position (default: last only).")
 @click.option("--context-length", type=int, default=None, help="Longest context the artifact supports (default: the model's).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -25,9 +44,12 @@ def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, a
         from zaya_edge.export import export_model
     except ImportError as exc:
         raise ZayaEdgeError(f"export needs the export extra: pip install 'zaya-edge[export]' ({exc})") from None
-    path = export_model(
-        src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
-        quant_method=quant_method, all_logits=all_logits, context_length=context_length, force=force,
-        progress=not quiet,
-    )
+    try:
+        path = export_model(
+            src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
+            quant_method=quant_method, all_logits=all_logits, context_length=context_length, force=force,
+            progress=not quiet,
+        )
+    except RequestError as exc:
+        raise type(exc)(_as_flags(str(exc))) from exc
     click.echo(f"wrote {path}")

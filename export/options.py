@@ -1,0 +1,26 @@
+"""The choices an export offers, and their defaults.
+
+Plain constants with no import of the export extra, so the CLI can list them in its help (and
+check them with click) where torch and onnx-ir are not installed; plan.py validates against them.
+"""
+
+from __future__ import annotations
+
+from zaya_edge.artifact import PRECISIONS
+
+DEFAULT_PRECISION = "int4"  # the point is a model that fits a laptop; fp32 is the exact reference
+QUANT_BITS = {"int4": 4, "int8": 8}  # the quantized precisions and their bits
+TABLE_PRECISIONS = tuple(QUANT_BITS)  # what the (tied) embedding/lm_head table may be stored in
+
+# Weights per quantization block: the sizes onnxruntime's MatMulNBits, QMoE and
+# GatherBlockQuantized kernels take.
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_BLOCK_SIZE = 32
+
+METHODS = ("rtn", "mse")  # round to nearest; a per-block clipping search (quant.py)
+DEFAULT_METHOD = "mse"  # lower KL than rtn at int4 on the tiny models (benchmarks/quant_methods.py)
+
+__all__ = [
+    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_METHOD", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
+    "QUANT_BITS", "TABLE_PRECISIONS",
+]

@@ -9,7 +9,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol, Sequence
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import RequestError, ZayaEdgeError
+
+
+def check_temperature(value: float) -> float:
+    """One rule for every sampler setting that carries a temperature (0 = greedy)."""
+    if not (value >= 0):
+        raise RequestError(f"temperature must be >= 0, got {value}")
+    return value
+
+
+def check_top_p(value: float) -> float:
+    """One rule for every sampler setting that carries a nucleus mass."""
+    if not (0 < value <= 1):
+        raise RequestError(f"top_p must be in (0, 1], got {value}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +42,8 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past the model's end token (benchmarks, parity tests)
 
     def __post_init__(self):
-        if not (self.temperature >= 0):
-            raise ZayaEdgeError(f"temperature must be >= 0, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise ZayaEdgeError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_temperature(self.temperature)
+        check_top_p(self.top_p)
         if self.top_k < 0:
             raise ZayaEdgeError(f"top_k must be >= 0, got {self.top_k}")
         if not (0 <= self.min_p < 1):

@@ -87,7 +87,7 @@ def greedy(artifacts):
     from zaya_edge.app.eval import evaluate
     from zaya_edge.runtime import Engine
 
-    return {k: evaluate(Engine.load(v, threads=1), "tiny-arith", "single", limit=SUBSET)
+    return {k: evaluate(Engine.load(v, threads=1), "tiny-arith", None, limit=SUBSET)
             for k, v in artifacts.items() if not isinstance(v, Exception)}
 
 
@@ -136,12 +136,13 @@ def test_greedy_answers_match_transformers(artifacts):
 
 
 def test_rsa_eval_reports_vote_and_population(artifacts):
-    from zaya_edge.app.eval import evaluate
+    from zaya_edge.app.eval import evaluate, task_rsa
     from zaya_edge.runtime import Engine
 
     engine = Engine.load(artifacts["fp32"], threads=1)
-    a = evaluate(engine, "tiny-arith", "rsa", limit=2, seed=3, population=4, subset=2, rounds=1)
-    b = evaluate(engine, "tiny-arith", "rsa", limit=2, seed=3, population=4, subset=2, rounds=1)
+    strategy = task_rsa("tiny-arith", population=4, subset=2, rounds=1)  # the task's β and τ, as `eval` builds it
+    a = evaluate(engine, "tiny-arith", strategy, limit=2, seed=3)
+    b = evaluate(engine, "tiny-arith", strategy, limit=2, seed=3)
     assert [r.answer for r in a.results] == [r.answer for r in b.results]  # seeded
     assert a.settings["tail"] == T.TAIL and a.settings["temperature"] == 1.0
     assert all(0.0 <= r.population_correct <= 1.0 for r in a.results)

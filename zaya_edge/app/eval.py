@@ -3,26 +3,26 @@
 Random test models only show that numbers match; accuracy on a task the model was trained for
 (the tiny reasoner, examples/tiny-reasoner) shows what int4 costs and what Markovian RSA buys.
 Problems come from a fixed held-out set (never trained on); every problem's sampling seed is
-derived from (seed, problem index), so a result does not depend on batching or --limit.
+derived from (seed, problem index), so a result does not depend on batching or the limit.
 Torch-free: the runtime Engine and MarkovianRSA only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 from zaya_edge.app import tiny_arith
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import RequestError
 from zaya_edge.runtime.rsa import MarkovianRSA, extract_boxed
 from zaya_edge.runtime.types import Request, SamplingParams
 
 TASKS = ("tiny-arith",)
 STRATEGIES = ("single", "rsa")
+GREEDY = 0.0  # single sampling's default temperature
 _CHUNK = 64  # single-sampling requests handed to the engine at once (progress granularity)
 
 
@@ -77,61 +77,71 @@ class EvalReport:
             line += f"; final-population mean {100 * self.population_accuracy:.1f}%"
         return line + f"; {self.generated_tokens} tokens in {self.wall_s:.1f} s"
 
-    def to_json(self) -> str:
-        return json.dumps({"task": self.task, "strategy": self.strategy, "settings": self.settings,
-                           "correct": self.correct, "total": self.total, "accuracy": self.accuracy,
-                           "population_accuracy": self.population_accuracy,
-                           "generated_tokens": self.generated_tokens, "wall_s": round(self.wall_s, 3),
-                           "results": [dataclasses.asdict(r) for r in self.results]}, indent=1)
+    def to_dict(self) -> dict:
+        """The JSON-able report `eval --json` writes."""
+        return {"task": self.task, "strategy": self.strategy, "settings": self.settings,
+                "correct": self.correct, "total": self.total, "accuracy": self.accuracy,
+                "population_accuracy": self.population_accuracy,
+                "generated_tokens": self.generated_tokens, "wall_s": round(self.wall_s, 3),
+                "results": [dataclasses.asdict(r) for r in self.results]}
 
 
 def _derive(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise RequestError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def task_rsa(task: str = "tiny-arith", **settings) -> MarkovianRSA:
+    """Markovian RSA at the task's budget (β) and tail (τ), unless `settings` give them."""
+    _check_task(task)
+    return MarkovianRSA(**{"budget": tiny_arith.BUDGET, "tail": tiny_arith.TAIL, **settings})
+
+
 def evaluate(
     engine,
     task: str = "tiny-arith",
-    strategy: str = "single",
+    strategy: MarkovianRSA | None = None,
     *,
     limit: int | None = None,
     seed: int = 0,
     temperature: float | None = None,
     max_new_tokens: int | None = None,
-    population: int = 8,
-    subset: int = 4,
-    rounds: int = 2,
-    tail: int | None = None,
-    select: str = "vote",
     on_problem: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Accuracy of `engine` on the task's held-out problems (the first `limit` of them).
 
-    single: one sample per problem (temperature default 0 = greedy); rsa: Markovian RSA with
-    N/C/T as given, β = max_new_tokens and τ = tail (the task's defaults), temperature default 1.
-    `on_problem(done, total)` is called as problems finish.
+    strategy None: one sample per problem at `temperature` (default 0 = greedy) and `max_new_tokens`
+    (default the task's budget). A MarkovianRSA: one solve per problem with its own settings; its
+    seed is replaced by one derived from `seed` and the problem's index. `on_problem(done, total)`
+    is called as problems finish.
     """
-    if task not in TASKS:
-        raise ZayaEdgeError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if strategy not in STRATEGIES:
-        raise ZayaEdgeError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    _check_task(task)
     if limit is not None and not 1 <= limit <= tiny_arith.HELD_OUT_SIZE:
-        raise ZayaEdgeError(f"--limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
+        raise RequestError(f"limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
+    if strategy is not None and not isinstance(strategy, MarkovianRSA):
+        raise RequestError(f"strategy must be a MarkovianRSA, or None for single sampling; got {strategy!r}")
+    if strategy is not None and (temperature is not None or max_new_tokens is not None):
+        raise RequestError("temperature and max_new_tokens are single sampling's; "
+                           "a MarkovianRSA strategy carries its own temperature and budget")
     problems = tiny_arith.held_out_set(limit)
-    budget = max_new_tokens or tiny_arith.BUDGET
-    temp = temperature if temperature is not None else (0.0 if strategy == "single" else 1.0)
     progress = on_problem or (lambda done, total: None)
     start = time.perf_counter()
-    if strategy == "single":
-        settings = dict(temperature=temp, max_new_tokens=budget, seed=seed)
-        results = _single(engine, problems, SamplingParams(temperature=temp, max_new_tokens=budget), seed, progress)
+    if strategy is None:
+        params = SamplingParams(temperature=GREEDY if temperature is None else temperature,
+                                max_new_tokens=max_new_tokens or tiny_arith.BUDGET)
+        settings = dict(temperature=params.temperature, max_new_tokens=params.max_new_tokens, seed=seed)
+        results = _single(engine, problems, params, seed, progress)
     else:
-        rsa = MarkovianRSA(population=population, subset=subset, rounds=rounds, budget=budget,
-                           tail=tail or tiny_arith.TAIL, temperature=temp, select=select)
-        settings = dict(population=population, subset=subset, rounds=rounds, budget=budget, tail=rsa.tail,
-                        temperature=temp, select=select, seed=seed)
-        results = _rsa(engine, problems, rsa, seed, progress)
-    return EvalReport(task, strategy, settings, results, time.perf_counter() - start)
+        settings = dict(population=strategy.population, subset=strategy.subset, rounds=strategy.rounds,
+                        budget=strategy.budget, tail=strategy.tail, temperature=strategy.temperature,
+                        select=strategy.select, seed=seed)
+        results = _rsa(engine, problems, strategy, seed, progress)
+    name = "single" if strategy is None else "rsa"
+    return EvalReport(task, name, settings, results, time.perf_counter() - start)
 
 
 def _single(engine, problems: Sequence[tiny_arith.Problem], params: SamplingParams, seed: int, progress) -> list[ProblemResult]:

@@ -27,3 +27,30 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
         raise ZayaEdgeError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class JsonCheckpoint:
+    """A Markovian RSA checkpoint store (runtime.rsa.CheckpointStore) in one JSON file.
+
+    Replaced atomically after every round, so an interrupted solve resumes from its last complete round.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ZayaEdgeError(f"cannot read checkpoint {self.path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ZayaEdgeError(f"checkpoint {self.path} is corrupt ({exc})") from None
+
+    def save(self, record: dict) -> None:
+        write_json_atomic(self.path, record)

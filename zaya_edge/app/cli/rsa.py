@@ -1,67 +1,86 @@
-"""`zaya-edge solve | eval`: Markovian RSA on one problem, accuracy on a problem set."""
+"""`zaya-edge solve | eval`: Markovian RSA on one problem, accuracy on a problem set.
+
+The commands import the runtime only when they run; defaults in help are read from the library
+when help is shown (LazyHelpOption). Choice lists restate library tuples; a test holds them equal.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import click
 
+from zaya_edge.app import tiny_arith
+from zaya_edge.app.params import LazyHelpOption, MemorySize
 from zaya_edge.errors import ZayaEdgeError
+
+PRESET_NAMES = ("report", "deploy", "edge")  # runtime.rsa.PRESETS
+TAIL_UNITS = ("tokens", "words")  # runtime.rsa.TAIL_UNITS
+SELECTIONS = ("vote", "aggregate")  # runtime.rsa.SELECTIONS
+TASKS = ("tiny-arith",)  # app.eval.TASKS
+STRATEGIES = ("single", "rsa")  # app.eval.STRATEGIES
+
+
+def _rsa_default(name: str):
+    """Help text: MarkovianRSA's default for `name` (the deploy point), and whether a preset replaces it."""
+
+    def text() -> str:
+        from zaya_edge.runtime.rsa import PRESETS, MarkovianRSA
+
+        default = {f.name: f.default for f in dataclasses.fields(MarkovianRSA)}[name]
+        shown = "the budget" if name == "final_budget" and default is None else default
+        by_preset = ", or the preset's" if any(name in p for p in PRESETS.values()) else ""
+        return f"[default: {shown}{by_preset}]"
+
+    return text
+
+
+def _preset_help() -> str:
+    from zaya_edge.runtime.rsa import PRESETS
+
+    return "; ".join(f"{name}: N{p['population']} C{p['subset']} T{p['rounds']} β{p['budget']} τ{p['tail']} "
+                     f"final {p['final_budget']}" for name, p in PRESETS.items())
+
+
+def _setting(flag: str, name: str, help: str, **kwargs):
+    """A solve flag for one MarkovianRSA setting: None when not given, so the preset or default applies."""
+    return click.option(flag, name, default=None, help=help, cls=LazyHelpOption, lazy_help=_rsa_default(name), **kwargs)
 
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.argument("problem")
-@click.option("--preset", type=click.Choice(["report", "deploy", "edge"]), default=None,
-              help="Reference settings (report: N16 C4 T2 β40K τ4K; deploy: β16K; edge: N8 β8K); flags override.")
-@click.option("--population", type=int, default=None, help="N: candidates per round.  [default: 16]")
-@click.option("--subset", type=int, default=None, help="C: tails shown in each aggregation prompt.  [default: 4]")
-@click.option("--rounds", type=int, default=None, help="T: aggregation rounds (0 = plain parallel sampling).  [default: 2]")
-@click.option("--budget", type=int, default=None, help="β: max new tokens per rollout in rounds 0..T-1.  [default: 16384]")
-@click.option("--tail", type=int, default=None, help="τ: tail carried to the next round.  [default: 4096]")
-@click.option("--final-budget", type=int, default=None, help="Max new tokens in the last round.  [default: --budget]")
-@click.option("--temperature", type=float, default=None, help="[default: 1.0]")
-@click.option("--top-p", type=float, default=None, help="[default: 1.0]")
-@click.option("--tail-unit", type=click.Choice(["tokens", "words"]), default=None, help="Count τ in model tokens or whitespace words.")
-@click.option("--carry-answer", is_flag=True, default=None, help="A candidate that finished thinking carries its answer section instead of its tail.")
-@click.option("--select", type=click.Choice(["vote", "aggregate"]), default=None, help="Majority vote, or one final aggregation sample.  [default: vote]")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None, cls=LazyHelpOption, lazy_help=_preset_help,
+              help="Reference settings (markovian-rsa.md); flags override them.")
+@_setting("--population", "population", type=int, help="N: candidates per round.")
+@_setting("--subset", "subset", type=int, help="C: tails shown in each aggregation prompt.")
+@_setting("--rounds", "rounds", type=int, help="T: aggregation rounds (0 = plain parallel sampling).")
+@_setting("--budget", "budget", type=int, help="β: max new tokens per rollout in rounds 0..T-1.")
+@_setting("--tail", "tail", type=int, help="τ: tail carried to the next round.")
+@_setting("--final-budget", "final_budget", type=int, help="Max new tokens in the last round.")
+@_setting("--temperature", "temperature", type=float, help="Sampling temperature of the rounds.")
+@_setting("--top-p", "top_p", type=float, help="Nucleus mass of the rounds.")
+@_setting("--tail-unit", "tail_unit", type=click.Choice(TAIL_UNITS), help="Count τ in model tokens or whitespace words.")
+@click.option("--carry-answer", "carry_answer_when_finished", is_flag=True, default=None,
+              help="A candidate that finished thinking carries its answer section instead of its tail.")
+@_setting("--select", "select", type=click.Choice(SELECTIONS), help="Majority vote, or one final aggregation sample.")
 @click.option("--template", type=click.Path(path_type=str), default=None, help="Aggregation prompt template file ({problem}, {candidates}).")
-@click.option("--seed", type=int, default=None, help="Make the run reproducible (default: random, recorded in the report).")
+@click.option("--seed", type=int, default=None, help="Make the run reproducible.  [default: random, recorded in the report]")
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None, help="Save after every round; re-run to resume.")
-@click.option("--max-memory", default=None, help="Cache budget for live sequences, e.g. 6GB; splits rounds into waves.")
+@click.option("--max-memory", type=MemorySize(), default=None, help="Cache budget for live sequences, e.g. 6GB; splits rounds into waves.")
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None, help="Write the JSON report here.")
 @click.option("--force", is_flag=True, help="Replace an existing --report file.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def solve(artifact, problem, preset, population, subset, rounds, budget, tail, final_budget, temperature, top_p,
-          tail_unit, carry_answer, select, template, seed, checkpoint, max_memory, report_path, force, threads, quiet):
+def solve(artifact, problem, preset, template, checkpoint, report_path, force, threads, quiet, **settings):
     """Answer PROBLEM with Markovian RSA on the artifact folder ARTIFACT; prints the answer."""
-    import os
+    from zaya_edge.app.files import write_json_atomic
 
-    from zaya_edge.runtime.rsa import MarkovianRSA, ProgressBar, SolveInterrupted, read_template, write_json_atomic
-
-    options = dict(population=population, subset=subset, rounds=rounds, budget=budget, tail=tail,
-                   final_budget=final_budget, temperature=temperature, top_p=top_p, tail_unit=tail_unit,
-                   carry_answer_when_finished=carry_answer, select=select, seed=seed, max_memory=max_memory,
-                   template=read_template(template) if template else None)
-    options = {k: v for k, v in options.items() if v is not None}
-    strategy = MarkovianRSA.preset(preset, **options) if preset else MarkovianRSA(**options)
+    strategy = _strategy(preset, template, settings)
     if report_path and os.path.exists(report_path) and not force:
         raise ZayaEdgeError(f"{report_path} exists; pass --force to replace it")
-    try:
-        from zaya_edge.runtime import Engine
-    except ImportError as exc:
-        raise ZayaEdgeError(f"the runtime engine is not available ({exc})") from None
-    engine = Engine.load(artifact, threads=threads)
-    bar = None if quiet else ProgressBar()
-    try:
-        result = strategy.solve(engine, problem, on_progress=bar, checkpoint=checkpoint)
-    except SolveInterrupted as exc:
-        if bar is not None:
-            bar.close()
-        click.echo(str(exc), err=True)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+    result = _solve(strategy, _load_engine(artifact, threads), problem, checkpoint, quiet)
     if report_path:
         write_json_atomic(report_path, result.report())
     rate = f", {result.tokens_per_s:.1f} tok/s" if result.tokens_per_s else ""
@@ -70,53 +89,99 @@ def solve(artifact, problem, preset, population, subset, rounds, budget, tail, f
     click.echo(result.answer if result.answer is not None else "(no answer found)")
 
 
+def _strategy(preset, template, settings):
+    """The MarkovianRSA the flags describe: those given, over the preset (or the library's defaults)."""
+    from zaya_edge.runtime.rsa import MarkovianRSA, read_template
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    if template:
+        given["template"] = read_template(template)
+    return MarkovianRSA.preset(preset, **given) if preset else MarkovianRSA(**given)
+
+
+def _solve(strategy, engine, problem, checkpoint, quiet):
+    """Run the solve with a progress bar and a JSON checkpoint file; say how to resume if interrupted."""
+    from zaya_edge.app.files import JsonCheckpoint
+    from zaya_edge.app.progress import ProgressBar
+    from zaya_edge.runtime.rsa import SolveInterrupted
+
+    bar = None if quiet else ProgressBar()
+    try:
+        return strategy.solve(engine, problem, on_progress=bar,
+                              checkpoint=JsonCheckpoint(checkpoint) if checkpoint else None)
+    except SolveInterrupted as exc:
+        if bar is not None:
+            bar.close()
+        where = (f"saved in {checkpoint}; re-run the same command to resume" if checkpoint
+                 else "pass --checkpoint FILE to make a solve resumable")
+        click.echo(f"interrupted after {exc.completed_rounds} completed round(s); {where}", err=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _load_engine(artifact, threads):
+    try:
+        from zaya_edge.runtime import Engine
+    except ImportError as exc:
+        raise ZayaEdgeError(f"the runtime engine is not available ({exc})") from None
+    return Engine.load(artifact, threads=threads)
+
+
+def _limit_in_held_out_set(ctx, param, value):
+    """Checked before the artifact loads, in the flag's own words (the library checks it too)."""
+    if value is not None and not 1 <= value <= tiny_arith.HELD_OUT_SIZE:
+        raise click.UsageError(f"--limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {value}")
+    return value
+
+
+def _eval_temperature_help() -> str:
+    from zaya_edge.app.eval import GREEDY
+    from zaya_edge.runtime.rsa import MarkovianRSA
+
+    return f"[default: {GREEDY:g} (greedy) for single, {MarkovianRSA().temperature:g} for rsa]"
+
+
 @click.command("eval")
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--task", type=click.Choice(["tiny-arith"]), default="tiny-arith", show_default=True,
+@click.option("--task", type=click.Choice(TASKS), default=TASKS[0], show_default=True,
               help="Held-out problem set (tiny-arith: the tiny reasoner's addition task).")
-@click.option("--strategy", type=click.Choice(["single", "rsa"]), default="single", show_default=True,
-              help="One sample per problem, or Markovian RSA with majority vote.")
-@click.option("--limit", type=int, default=None, help="Only the first N held-out problems.  [default: all 500]")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="single", show_default=True,
+              help="One sample per problem, or Markovian RSA (the rsa: flags).")
+@click.option("--limit", type=int, default=None, callback=_limit_in_held_out_set, cls=LazyHelpOption,
+              lazy_help=f"[default: all {tiny_arith.HELD_OUT_SIZE}]", help="Only the first N held-out problems.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (per problem seeds derive from it).")
-@click.option("--temperature", type=float, default=None, help="[default: 0 (greedy) for single, 1.0 for rsa]")
-@click.option("--max-new-tokens", type=int, default=None, help="Budget β per generation.  [default: the task's, 128]")
+@click.option("--temperature", type=float, default=None, cls=LazyHelpOption, lazy_help=_eval_temperature_help,
+              help="Sampling temperature.")
+@click.option("--max-new-tokens", "budget", type=int, default=None, cls=LazyHelpOption,
+              lazy_help=f"[default: the task's, {tiny_arith.BUDGET}]", help="Budget β per generation.")
 @click.option("--population", type=int, default=8, show_default=True, help="rsa: N.")
 @click.option("--subset", type=int, default=4, show_default=True, help="rsa: C.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="rsa: T.")
-@click.option("--tail", type=int, default=None, help="rsa: τ in tokens.  [default: the task's, 96]")
-@click.option("--select", type=click.Choice(["vote", "aggregate"]), default="vote", show_default=True, help="rsa: final selection.")
+@click.option("--tail", type=int, default=None, cls=LazyHelpOption, lazy_help=f"[default: the task's, {tiny_arith.TAIL}]",
+              help="rsa: τ in tokens.")
+@click.option("--select", type=click.Choice(SELECTIONS), default="vote", show_default=True, help="rsa: final selection.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Write per-problem results here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_(artifact, task, strategy, limit, seed, temperature, max_new_tokens, population, subset, rounds, tail,
-          select, threads, json_path, quiet):
+def eval_(artifact, task, strategy, limit, seed, temperature, budget, threads, json_path, quiet, **rsa_settings):
     """Accuracy of the artifact folder ARTIFACT on a fixed held-out problem set."""
-    from zaya_edge.app.eval import evaluate
-    from zaya_edge.runtime import Engine
+    from zaya_edge.app.eval import evaluate, task_rsa
+    from zaya_edge.app.files import write_json_atomic
+    from zaya_edge.app.progress import ProblemBar
 
-    engine = Engine.load(artifact, threads=threads)
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="problem", desc=f"{task} {strategy}", leave=False)
-
-    def on_problem(done, total):
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    sampling, rsa = dict(temperature=temperature, max_new_tokens=budget), None
+    if strategy == "rsa":
+        given = {k: v for k, v in dict(rsa_settings, budget=budget, temperature=temperature).items() if v is not None}
+        sampling, rsa = {}, task_rsa(task, **given)
+    engine = _load_engine(artifact, threads)
+    bar = None if quiet else ProblemBar(f"{task} {strategy}")
     try:
-        report = evaluate(engine, task, strategy, limit=limit, seed=seed, temperature=temperature,
-                          max_new_tokens=max_new_tokens, population=population, subset=subset, rounds=rounds,
-                          tail=tail, select=select, on_problem=on_problem)
+        report = evaluate(engine, task, rsa, limit=limit, seed=seed, on_problem=bar, **sampling)
     finally:
         if bar is not None:
             bar.close()
     if json_path:
-        import json as _json
-
-        from zaya_edge.runtime.rsa import write_json_atomic
-
-        write_json_atomic(json_path, _json.loads(report.to_json()))
+        write_json_atomic(json_path, report.to_dict())
     click.echo(report.summary())

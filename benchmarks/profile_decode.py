@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from zaya_edge.runtime import session as session_module
-from zaya_edge.runtime.batch import BatchDecoder
+from zaya_edge.runtime.batch import SequenceBatch
 from zaya_edge.runtime.session import DecoderSession
 
 
@@ -40,12 +40,19 @@ def main() -> None:
 
     session_module.ort.SessionOptions = ProfilingOptions  # profile the runtime's own session
     sess = DecoderSession(args.artifact, threads=args.threads)
-    dec = BatchDecoder(sess, args.batch, max(512, args.prefill + 64, args.context + args.steps + 8))
+    dec = SequenceBatch(sess, args.batch, max(512, args.prefill + 64, args.context + args.steps + 8))
     rng = np.random.default_rng(0)
     vocab = sess.dims.vocab_size
-    dec.prefill(0, [list(rng.integers(16, vocab, args.context)) for _ in range(args.batch)])
+
+    def prompts(length: int) -> dict[int, list[int]]:
+        return {r: [int(x) for x in rng.integers(16, vocab, length)] for r in range(args.batch)}
+
+    def step() -> None:
+        dec.step(dict(enumerate(int(x) for x in rng.integers(16, vocab, args.batch))))
+
+    dec.admit(prompts(args.context))
     for _ in range(3):  # warm-up
-        dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
+        step()
 
     run = sess.session.run_with_iobinding
     in_run = [0.0]
@@ -59,24 +66,27 @@ def main() -> None:
     start = time.perf_counter()
     for _ in range(args.steps):
         if args.prefill:
-            dec.prefill(0, [list(rng.integers(16, vocab, args.prefill)) for _ in range(args.batch)])
+            dec.reset()
+            dec.admit(prompts(args.prefill))
         else:
-            dec.decode(args.batch, list(rng.integers(16, vocab, args.batch)))
+            step()
     total = time.perf_counter() - start
-    events = json.load(open(sess.session.end_profiling()))
+    _report(json.load(open(sess.session.end_profiling())), args.steps, total, in_run[0])
+
+
+def _report(events: list[dict], n: int, total: float, in_run: float) -> None:
+    """Per-op kernel time of the last `n` session runs, and the Python time around them."""
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
-    since = runs[-args.steps]["ts"]
+    since = runs[-n]["ts"]
     by_op, count = collections.Counter(), collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
             by_op[e["args"].get("op_name")] += e["dur"]
             count[e["args"].get("op_name")] += 1
-    n = args.steps
-    print(f"step {total / n * 1e3:.2f} ms; in session.run {in_run[0] / n * 1e3:.2f} ms; "
-          f"Python outside it {(total - in_run[0]) / n * 1e3:.3f} ms; nodes per step {sum(count.values()) / n:.0f}")
+    print(f"step {total / n * 1e3:.2f} ms; in session.run {in_run / n * 1e3:.2f} ms; "
+          f"Python outside it {(total - in_run) / n * 1e3:.3f} ms; nodes per step {sum(count.values()) / n:.0f}")
     for op, us in by_op.most_common(15):
         print(f"  {op:30s} {us / n / 1e3:8.3f} ms/step  ({count[op] / n:.0f} nodes)")
-
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,9 @@
 Never imports torch, transformers or anything from zaya_edge.export.
 """
 
-from .engine import ChatSession, Engine, Generation, GenerationStats
+from .chat import ChatSession
+from .engine import Engine
+from .generation import Generation, GenerationStats
 from .types import BatchProgress, Completion, Request, SamplingParams
 
 __all__ = [

@@ -1,38 +1,214 @@
-"""Model calls over a batch of cache rows: prefill, continue, decode, fork, move.
+"""A batch of sequences over one private state cache: the only code that knows about rows.
 
-One decode step is one session call for every active row. Rows are addressed as a contiguous
-range so their state can be bound in place (see cache.py).
+    SequenceBatch (owns the StateCache)
+      ├─ admit({id: prompt | Prefilled}) -> {id: logits}   into free slots
+      ├─ fork(src, dst)                                    copy a prefilled sequence
+      ├─ extend(id, tokens)             -> logits          append tokens (a chat turn)
+      ├─ step({id: token})              -> {id: logits}    one session call for all live
+      ├─ save(id, logits)               -> Prefilled       a prompt's state, for later arrivals
+      ├─ retire(id), reset()                               free slots
+      └─ take_stats()                   -> BatchStats      prefill work, calls, cache bytes
+
+Live sequences always fill the rows [0, n) (a retired row takes the last row's sequence), so
+their state is one contiguous view that is bound in place and reused step after step (see
+cache.py). Left padding is exact only on rows whose state is still zero, so a sequence that
+arrives while others are live is prefilled aside, in a one-row batch, and its state moved in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
 from zaya_edge import artifact as A
 
-from .cache import StateCache
+from .cache import RowState, StateCache
 from .session import DecoderSession, bind
 
 PREFILL_CHUNK = 512  # tokens per prefill call: bounds activation memory on long prompts
 
 
-class BatchDecoder:
+@dataclasses.dataclass
+class BatchStats:
+    """What a batch cost since it was made (or since the last `take_stats`)."""
+
+    prefill_tokens: int = 0
+    prefill_seconds: float = 0.0
+    calls: int = 0  # session calls, prefills aside included
+    cache_bytes: int = 0  # the cache's size: it only grows, so this is the largest it was
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefilled:
+    """A prefilled prompt kept aside: admitting it again costs a copy, not a prefill."""
+
+    state: RowState
+    logits: np.ndarray
+
+
+class SequenceBatch:
+    """Up to `slots` sequences, each addressed by the id its caller chose."""
+
     def __init__(self, session: DecoderSession, slots: int, capacity: int, max_capacity: int | None = None):
         self.session = session
-        self.dims = session.dims
         max_capacity = max_capacity or session.manifest.context_length
-        self.cache = StateCache(self.dims, slots, min(capacity, max_capacity), max_capacity)
+        self._cache = StateCache(session.dims, slots, min(capacity, max_capacity), max_capacity)
         self._bindings: dict[tuple, object] = {}
-        self.all_logits = session.manifest.all_logits
-        self.calls = 0
-        self.prefill_tokens = 0
-        self.prefill_seconds = 0.0
+        self._all_logits = session.manifest.all_logits
+        self._order: list[Hashable] = []  # sequence ids by row
+        self._rows: dict[Hashable, int] = {}
+        self._stats = BatchStats()
 
     @property
     def slots(self) -> int:
-        return self.cache.slots
+        return self._cache.slots
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, seq_id: Hashable) -> bool:
+        return seq_id in self._rows
+
+    # ---- sequences in and out -------------------------------------------------------------
+    def admit(self, prompts: Mapping[Hashable, Sequence[int] | Prefilled]) -> dict[Hashable, np.ndarray]:
+        """New sequences into free slots; returns each one's next-token logits.
+
+        Into an empty batch, fresh prompts are prefilled together (left-padded, one call per
+        chunk); into a batch with live sequences, each is prefilled aside and moved in.
+        """
+        self._check_free(prompts)
+        if not self._order:
+            self._cache.reset()
+        t0 = time.perf_counter()
+        fresh = {s: list(p) for s, p in prompts.items() if not isinstance(p, Prefilled)}
+        out = {}
+        # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
+        # batch 1: several prompts longer than a chunk are prefilled aside one by one
+        if fresh and not self._order and (len(fresh) == 1 or max(map(len, fresh.values())) <= PREFILL_CHUNK):
+            out.update(zip(fresh, self._prefill(list(fresh.values()))))
+            for s in fresh:
+                self._place(s)
+        else:
+            out.update((s, self._admit_aside(s, p)) for s, p in fresh.items())
+        if fresh:
+            self._stats.prefill_tokens += sum(map(len, fresh.values()))
+            self._stats.prefill_seconds += time.perf_counter() - t0
+        for s, p in prompts.items():
+            if isinstance(p, Prefilled):
+                self._cache.restore(p.state, len(self._order))
+                self._place(s)
+                out[s] = p.logits
+        return {s: out[s] for s in prompts}
+
+    def fork(self, src: Hashable, dst: Hashable) -> None:
+        """`dst` becomes an exact copy of `src` (identical prompts are prefilled once)."""
+        self._check_free([dst])
+        self._cache.copy_row(self._rows[src], len(self._order))
+        self._place(dst)
+
+    def save(self, seq_id: Hashable, logits: np.ndarray) -> Prefilled:
+        """A copy of a sequence's state with the logits it ended on, to admit again later."""
+        return Prefilled(self._cache.snapshot(self._rows[seq_id]), logits.copy())
+
+    def retire(self, seq_id: Hashable) -> None:
+        """Free a sequence's slot: the last row's sequence moves in, so rows stay a prefix."""
+        row = self._rows.pop(seq_id)
+        last = len(self._order) - 1
+        moved = self._order.pop()
+        if row != last:
+            self._cache.copy_row(last, row)
+            self._order[row] = moved
+            self._rows[moved] = row
+        self._cache.clear_row(last)
+
+    def reset(self) -> None:
+        """Drop every sequence (the buffers stay allocated)."""
+        self._order.clear()
+        self._rows.clear()
+        self._cache.reset()
+
+    def take_stats(self) -> BatchStats:
+        """The figures so far, then start counting afresh (a chat reports each turn)."""
+        stats, self._stats = self._stats, BatchStats()
+        stats.cache_bytes = self._cache.nbytes
+        return stats
+
+    def _check_free(self, seq_ids) -> None:
+        taken = [s for s in seq_ids if s in self._rows]
+        if taken:
+            raise ValueError(f"sequence {taken[0]!r} is already in the batch")
+        if len(self._order) + len(seq_ids) > self.slots:
+            raise ValueError(f"{len(seq_ids)} more sequences do not fit: {len(self._order)} of {self.slots} slots taken")
+
+    def _place(self, seq_id: Hashable) -> None:
+        self._rows[seq_id] = len(self._order)
+        self._order.append(seq_id)
+
+    def _admit_aside(self, seq_id: Hashable, prompt: list[int]) -> np.ndarray:
+        side = SequenceBatch(self.session, 1, capacity=len(prompt))
+        logits = side._prefill([prompt])[0]
+        self._stats.calls += side._stats.calls
+        self._cache.restore(side._cache.snapshot(0), len(self._order))
+        self._place(seq_id)
+        return logits
+
+    # ---- model calls ----------------------------------------------------------------------
+    def extend(self, seq_id: Hashable, tokens: Sequence[int]) -> np.ndarray:
+        """Append tokens to a live sequence; returns its logits [vocab]."""
+        t0 = time.perf_counter()
+        row = self._rows[seq_id]
+        ids = np.asarray([tokens], np.int64)
+        for c in range(0, ids.shape[1], PREFILL_CHUNK):
+            chunk = ids[:, c : c + PREFILL_CHUNK]
+            logits = self._forward(row, chunk, np.ones_like(chunk))
+        self._stats.prefill_tokens += len(tokens)
+        self._stats.prefill_seconds += time.perf_counter() - t0
+        return logits[0]
+
+    def step(self, tokens: Mapping[Hashable, int]) -> dict[Hashable, np.ndarray]:
+        """One new token for every live sequence: the hot path, one session call for all."""
+        order = self._order
+        if len(tokens) != len(order):
+            raise ValueError(f"a step needs one token for each of the {len(order)} live sequences, got {len(tokens)}")
+        ids = np.fromiter(map(tokens.__getitem__, order), np.int64, len(order)).reshape(len(order), 1)
+        return dict(zip(order, self._forward(0, ids, np.ones_like(ids))))
+
+    def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """Rows [0, n) of an empty batch, left-padded, in chunks. Returns logits [n, vocab]."""
+        n, width = len(prompts), max(map(len, prompts))
+        ids = np.zeros((n, width), np.int64)
+        mask = np.zeros((n, width), np.int64)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = p
+            mask[r, width - len(p) :] = 1
+        for c in range(0, width, PREFILL_CHUNK):
+            logits = self._forward(0, ids[:, c : c + PREFILL_CHUNK], mask[:, c : c + PREFILL_CHUNK])
+        return logits
+
+    def _forward(self, start: int, ids: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
+        """Run rows [start, start+n) on `ids` [n, S]; returns last-position logits [n, vocab]."""
+        n, s = ids.shape
+        cache = self._cache
+        cache.reserve(s)
+        b = self._state_binding(start, start + n)
+        mask = cache.mask_for(start, start + n, s)
+        mask[:, cache.columns :] = new_mask
+        bind(b, A.ATTENTION_MASK, mask)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        bind(b, A.INPUT_IDS, ids)
+        logits = np.empty((n, s if self._all_logits else 1, cache.dims.vocab_size), np.float32)
+        bind(b, A.LOGITS, logits, output=True)
+        self.session.run(b)
+        self._stats.calls += 1
+        cache.commit(start, start + n, new_mask)
+        return logits[:, -1]
 
     def _state_binding(self, start: int, stop: int):
         """An IOBinding with the state of rows [start, stop) bound, reused across steps.
@@ -40,7 +216,7 @@ class BatchDecoder:
         Binding 4 x layers buffers costs a few milliseconds of Python per call at 40 layers;
         the buffers only move when the cache grows, so one binding per (rows, phase) lasts.
         """
-        cache = self.cache
+        cache = self._cache
         key = (start, stop, cache.phase, cache.capacity)
         if key not in self._bindings:
             if len(self._bindings) >= 4 or any(k[3] != cache.capacity for k in self._bindings):
@@ -49,68 +225,3 @@ class BatchDecoder:
             cache.bind_state(binding, start, stop)
             self._bindings[key] = binding
         return self._bindings[key]
-
-    def forward(self, start: int, ids: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
-        """Run rows [start, start+n) on `ids` [n, S]; returns last-position logits [n, vocab]."""
-        n, s = ids.shape
-        cache = self.cache
-        cache.reserve(s)
-        b = self._state_binding(start, start + n)
-        mask = cache.mask_for(start, start + n, s)
-        mask[:, cache.columns :] = new_mask
-        bind(b, A.ATTENTION_MASK, mask)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        bind(b, A.INPUT_IDS, ids)
-        logits = np.empty((n, s if self.all_logits else 1, self.dims.vocab_size), np.float32)
-        bind(b, A.LOGITS, logits, output=True)
-        self.session.run(b)
-        self.calls += 1
-        cache.commit(start, start + n, new_mask)
-        return logits[:, -1]
-
-    def prefill(self, start: int, prompts: list[list[int]]) -> np.ndarray:
-        """Fresh rows [start, start+len(prompts)): left-padded, in chunks. Returns logits [n, vocab].
-
-        Left padding is exact only before a row's first token (its CCA state is still zero).
-        """
-        t0 = time.perf_counter()
-        n = len(prompts)
-        width = max(len(p) for p in prompts)
-        if n > 1 and width > PREFILL_CHUNK:
-            # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
-            # batch 1: prefill each prompt aside in chunks and move its state into its row.
-            rows = []
-            for r, p in enumerate(prompts):
-                side = BatchDecoder(self.session, 1, capacity=len(p))
-                rows.append(side.prefill(0, [p])[0])
-                self.calls += side.calls
-                self.cache.restore(side.cache.snapshot(0), start + r)
-            self.prefill_tokens += sum(len(p) for p in prompts)
-            self.prefill_seconds += time.perf_counter() - t0
-            return np.stack(rows)
-        ids = np.zeros((n, width), np.int64)
-        mask = np.zeros((n, width), np.int64)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = p
-            mask[r, width - len(p) :] = 1
-        for c in range(0, width, PREFILL_CHUNK):
-            logits = self.forward(start, ids[:, c : c + PREFILL_CHUNK], mask[:, c : c + PREFILL_CHUNK])
-        self.prefill_tokens += sum(len(p) for p in prompts)
-        self.prefill_seconds += time.perf_counter() - t0
-        return logits
-
-    def extend(self, row: int, tokens: list[int]) -> np.ndarray:
-        """Append tokens to one row that already holds a sequence; returns its logits [vocab]."""
-        t0 = time.perf_counter()
-        ids = np.asarray([tokens], np.int64)
-        for c in range(0, ids.shape[1], PREFILL_CHUNK):
-            chunk = ids[:, c : c + PREFILL_CHUNK]
-            logits = self.forward(row, chunk, np.ones_like(chunk))
-        self.prefill_tokens += len(tokens)
-        self.prefill_seconds += time.perf_counter() - t0
-        return logits[0]
-
-    def decode(self, rows: int, tokens: np.ndarray) -> np.ndarray:
-        """One new token for each of rows [0, rows): the hot path, one call for the batch."""
-        ids = np.asarray(tokens, np.int64).reshape(rows, 1)
-        return self.forward(0, ids, np.ones((rows, 1), np.int64))

@@ -33,10 +33,6 @@ class RowState:
     recurrent: list[np.ndarray]  # per layer [value_half]
     tokens: int
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for group in (self.key, self.value, self.conv, self.recurrent) for a in group)
-
 
 class StateCache:
     def __init__(self, dims: ZayaDims, slots: int, capacity: int, max_capacity: int):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zaya_edge.runtime import Engine, Request, SamplingParams
-from zaya_edge.runtime.batch import BatchDecoder
+from zaya_edge.runtime.batch import SequenceBatch
 from zaya_edge.runtime.session import DecoderSession
 
 torch = pytest.importorskip("torch")
@@ -85,27 +85,27 @@ def test_fork_and_restore_equal_recomputing(tiny_artifact):
     vocab = tiny_artifact[0].config.vocab_size
     prefix, cont_a, cont_b = _prompts(vocab, (9, 5, 3), seed=5)
     # recompute from scratch
-    fresh = BatchDecoder(session, 1, capacity=32)
-    ref_a = fresh.prefill(0, [list(prefix + cont_a)])[0]
-    fresh = BatchDecoder(session, 1, capacity=32)
-    ref_b = fresh.prefill(0, [list(prefix + cont_b)])[0]
+    fresh = SequenceBatch(session, 1, capacity=32)
+    ref_a = fresh.admit({"a": prefix + cont_a})["a"]
+    fresh = SequenceBatch(session, 1, capacity=32)
+    ref_b = fresh.admit({"b": prefix + cont_b})["b"]
     # prefill the prefix once, fork it into row 1, continue the rows differently
-    dec = BatchDecoder(session, 2, capacity=32)
-    dec.prefill(0, [list(prefix)])
-    dec.cache.copy_row(0, 1)
-    got_a = dec.extend(0, list(cont_a))
-    got_b = dec.extend(1, list(cont_b))
+    dec = SequenceBatch(session, 2, capacity=32)
+    dec.admit({"a": prefix})
+    dec.fork("a", "b")
+    got_a = dec.extend("a", list(cont_a))
+    got_b = dec.extend("b", list(cont_b))
     assert np.abs(got_a - ref_a).max() <= 1e-5
     assert np.abs(got_b - ref_b).max() <= 1e-5
     assert got_a.argmax() == ref_a.argmax() and got_b.argmax() == ref_b.argmax()
-    # snapshot -> restore into another batch whose columns are already in use
-    snap = dec.cache.snapshot(1)
-    other = BatchDecoder(session, 2, capacity=64)
-    other.prefill(0, [list(_prompts(vocab, (20,), seed=6)[0])])
-    other.cache.restore(snap, 1)
+    # save -> admit into another batch whose columns are already in use
+    snap = dec.save("b", got_b)
+    other = SequenceBatch(session, 2, capacity=64)
+    other.admit({"x": _prompts(vocab, (20,), seed=6)[0]})
+    other.admit({"b": snap})
     nxt = [7, 8]
-    got = other.extend(1, nxt)
-    ref = BatchDecoder(session, 1, capacity=32).prefill(0, [list(prefix + cont_b) + nxt])[0]
+    got = other.extend("b", nxt)
+    ref = SequenceBatch(session, 1, capacity=32).admit({0: list(prefix + cont_b) + nxt})[0]
     assert np.abs(got - ref).max() <= 1e-5
 
 
@@ -113,16 +113,17 @@ def test_defragment_keeps_logits(tiny_artifact):
     session = DecoderSession(tiny_artifact[1])
     vocab = tiny_artifact[0].config.vocab_size
     a, b = _prompts(vocab, (6, 10), seed=7)
-    dec = BatchDecoder(session, 2, capacity=64)
-    dec.prefill(0, [list(a)])
-    dec.extend(1, list(b))  # row 1 joins later: holes in its columns, row 0 gets holes too
-    cols_before = dec.cache.columns
-    dec.cache.defragment()
-    assert dec.cache.columns == max(len(a), len(b)) < cols_before
-    got = dec.decode(2, [5, 6])
-    ref_a = BatchDecoder(session, 1, capacity=32).prefill(0, [list(a) + [5]])[0]
-    ref_b = BatchDecoder(session, 1, capacity=32).prefill(0, [list(b) + [6]])[0]
-    assert np.abs(got[0] - ref_a).max() <= 1e-5 and np.abs(got[1] - ref_b).max() <= 1e-5
+    dec = SequenceBatch(session, 2, capacity=64)
+    dec.admit({"a": a})
+    dec.admit({"b": b[:1]})  # b joins later: holes in its columns,
+    dec.extend("b", list(b[1:]))  # and a gets holes too while b grows alone
+    cols_before = dec._cache.columns
+    dec._cache.defragment()
+    assert dec._cache.columns == max(len(a), len(b)) < cols_before
+    got = dec.step({"a": 5, "b": 6})
+    ref_a = SequenceBatch(session, 1, capacity=32).admit({0: list(a) + [5]})[0]
+    ref_b = SequenceBatch(session, 1, capacity=32).admit({0: list(b) + [6]})[0]
+    assert np.abs(got["a"] - ref_a).max() <= 1e-5 and np.abs(got["b"] - ref_b).max() <= 1e-5
 
 
 def test_seed_reproducibility(engine):
@@ -209,9 +210,9 @@ def test_decode_writes_the_cache_in_place(tiny_artifact, monkeypatch):
     from zaya_edge.runtime import cache as cache_module
 
     sess = DecoderSession(tiny_artifact[1])
-    dec = BatchDecoder(sess, 2, 64)
+    dec = SequenceBatch(sess, 2, 64)
     vocab = sess.dims.vocab_size
-    dec.prefill(0, [list(p) for p in _prompts(vocab, [5, 9], seed=3)])
+    dec.admit(dict(enumerate(_prompts(vocab, [5, 9], seed=3))))
     bound = {}
     real_bind = cache_module.bind
 
@@ -221,13 +222,31 @@ def test_decode_writes_the_cache_in_place(tiny_artifact, monkeypatch):
 
     monkeypatch.setattr(cache_module, "bind", spy)
     dec._bindings.clear()  # bindings are cached per (rows, phase, capacity): watch fresh ones being made
-    keys = [k.ctypes.data for k in dec.cache.key]
+    cache = dec._cache
+    keys = [k.ctypes.data for k in cache.key]
     for step in range(3):
-        col = dec.cache.columns
-        assert not dec.cache.key[0][:, :, col].any()
-        dec.decode(2, [11 + step, 12 + step])
-        assert dec.cache.key[0][:, :, col].any() and dec.cache.value[-1][:, :, col].any()
-    assert [k.ctypes.data for k in dec.cache.key] == keys
+        col = cache.columns
+        assert not cache.key[0][:, :, col].any()
+        dec.step({0: 11 + step, 1: 12 + step})
+        assert cache.key[0][:, :, col].any() and cache.value[-1][:, :, col].any()
+    assert [k.ctypes.data for k in cache.key] == keys
     for i in range(sess.dims.num_layers):
-        assert bound[A.PAST_KEY % i] == bound[A.PRESENT_KEY % i] == dec.cache.key[i].ctypes.data
-        assert bound[A.PAST_VALUE % i] == bound[A.PRESENT_VALUE % i] == dec.cache.value[i].ctypes.data
+        assert bound[A.PAST_KEY % i] == bound[A.PRESENT_KEY % i] == cache.key[i].ctypes.data
+        assert bound[A.PAST_VALUE % i] == bound[A.PRESENT_VALUE % i] == cache.value[i].ctypes.data
+
+
+def test_an_abandoned_chat_stream_leaves_the_session_consistent(engine):
+    """A turn the caller stops reading (the object still alive) is closed by the next send():
+    the next reply is what a fresh session gives for the same conversation."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
+    chat = engine.chat(params)
+    chat.send("first question").text()
+    abandoned = chat.send("second question")
+    for i, _ in enumerate(abandoned):
+        if i == 2:
+            break
+    reply = chat.send("third question").text()
+    fresh = engine.chat(params)
+    fresh.messages = [dict(m) for m in chat.messages[:-2]]  # up to the third question
+    assert fresh.send("third question").text() == reply
+    assert chat.history == fresh.history and chat.messages == fresh.messages

@@ -52,6 +52,8 @@ TOKENIZER_FILES = (
 ZAYA_DOMAIN = "ai.zaya"
 ROUTER_OP = "Router"
 
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; anything near this is not one
+
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -79,12 +81,12 @@ class Artifact:
         if not folder.is_dir():
             raise ArtifactError(f"{folder} is not an artifact folder")
         path = folder / MANIFEST_FILE
+        if not path.exists():
+            raise ArtifactError(f"{folder} has no {MANIFEST_FILE}: not a zaya-edge artifact")
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ArtifactError(f"{folder} has no {MANIFEST_FILE}: not a zaya-edge artifact") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"cannot read {path}: {exc}") from None
+            text = _read_bounded(folder, MANIFEST_FILE, MAX_MANIFEST_BYTES).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{path} is not UTF-8 text: not a zaya-edge manifest") from None
         artifact = cls(folder, Manifest.parse(text, str(path)))
         artifact._check_sizes()
         if verify:
@@ -93,9 +95,7 @@ class Artifact:
 
     def _check_sizes(self) -> None:
         for name, record in self.manifest.files.items():
-            f = self.folder / name
-            if not f.is_file():
-                raise ArtifactError(f"artifact file {name} is missing from {self.folder}")
+            f = _confined(self.folder, name)
             if f.stat().st_size != record.bytes:
                 raise ArtifactError(
                     f"artifact file {name} is {f.stat().st_size} bytes, manifest says {record.bytes}: "
@@ -104,6 +104,8 @@ class Artifact:
 
     def verify(self) -> None:
         """Full integrity check (slow on big artifacts: reads every byte)."""
+        if not self.manifest.files:
+            raise ArtifactError(f"{self.folder}: the manifest lists no files, so nothing can be verified")
         for name, record in self.manifest.files.items():
             if sha256_file(self.folder / name) != record.sha256:
                 raise ArtifactError(f"artifact file {name} does not match its manifest hash: corrupt")
@@ -124,7 +126,7 @@ class Artifact:
         """A file the manifest lists; anything else is refused (the folder may hold strays)."""
         if name not in self.manifest.files:
             raise ArtifactError(f"{self.folder} does not list {name} in its manifest")
-        return self.folder / name
+        return _confined(self.folder, name)
 
     @property
     def weight_bytes(self) -> int:
@@ -156,8 +158,8 @@ class Artifact:
 
     def _read_json(self, name: str) -> dict:
         try:
-            data = json.loads(self.path(name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            data = json.loads(_read_bounded(self.folder, self.path(name).name, MAX_MANIFEST_BYTES).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ArtifactError(f"{name} in {self.folder} cannot be read: {exc}") from None
         if not isinstance(data, dict):
             raise ArtifactError(f"{name} in {self.folder} is not a JSON object")
@@ -169,3 +171,38 @@ class Artifact:
         from zaya_edge.ort_session import open_decoder_session
 
         return open_decoder_session(self, threads=threads, provider=provider, custom_ops=custom_ops)
+
+
+def _confined(folder: Path, name: str) -> Path:
+    """`folder/name` if it is a plain file name of a regular file inside `folder`, else ArtifactError.
+
+    An artifact may come from anywhere: a listed name with a separator or `..`, or a symlink
+    whose target lies outside the folder, could make the runtime read any file on the machine.
+    """
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ArtifactError(f"the manifest of {folder} lists {name!r}: not a plain file name")
+    path = folder / name
+    if not path.exists():
+        raise ArtifactError(f"artifact file {name} is missing from {folder}")
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except OSError as exc:
+        raise ArtifactError(f"artifact file {name} cannot be resolved: {exc}") from None
+    if not inside:
+        raise ArtifactError(f"artifact file {name} leads outside {folder} (a symlink): refused")
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {name} in {folder} is not a regular file")
+    return path
+
+
+def _read_bounded(folder: Path, name: str, limit: int) -> bytes:
+    """The bytes of a small file, refused before reading when it is larger than `limit`."""
+    path = _confined(folder, name)
+    size = path.stat().st_size
+    if size > limit:
+        raise ArtifactError(f"{path} is {size} bytes, more than the {limit} a {name} can be")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+

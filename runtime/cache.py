@@ -18,7 +18,7 @@ import numpy as np
 
 from zaya_edge import artifact as A
 from zaya_edge.config import ZayaDims
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import ContextFullError
 
 from .session import bind
 
@@ -80,7 +80,7 @@ class StateCache:
         self.defragment()
         need = self.columns + new_columns
         if need > self.max_capacity:
-            raise ZayaEdgeError(f"context full: {need} positions needed, the artifact supports {self.max_capacity}")
+            raise ContextFullError(f"context full: {need} positions needed, the artifact supports {self.max_capacity}")
         if need > self.capacity:
             self._grow(max(need, 2 * self.capacity))
 

@@ -16,7 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import RequestError
 
 from .batch import SequenceBatch
 from .generation import Generation, GenerationStats, decode_loop
@@ -60,7 +60,7 @@ class ChatSession:
     def send(self, message: str) -> Generation:
         """Add a user turn; iterate the result for the reply (recorded when fully read)."""
         if not message.strip():
-            raise ZayaEdgeError("empty message")
+            raise RequestError("empty message")
         self._close_turn()
         self.messages.append({"role": "user", "content": message})
         prompt_text = self.engine.codec.render_chat(self.messages)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import ContextFullError, RequestError
 
 from .batch import Prefilled, SequenceBatch
 from .chat import ChatSession
@@ -63,7 +63,7 @@ class Engine:
     @property
     def codec(self) -> Tokenizer:
         if self.tokenizer is None:
-            raise ZayaEdgeError("this artifact has no tokenizer: text in and out needs tokenizer.json")
+            raise RequestError("this artifact has no tokenizer: text in and out needs tokenizer.json")
         return self.tokenizer
 
     @property
@@ -77,24 +77,24 @@ class Engine:
     def encode_prompt(self, prompt: str | Sequence[int], chat: bool = True) -> tuple[int, ...]:
         if isinstance(prompt, str):
             if not prompt.strip():
-                raise ZayaEdgeError("empty prompt")
+                raise RequestError("empty prompt")
             ids = self.codec.chat_prompt(prompt) if chat else self.codec.encode(prompt, add_special_tokens=True)
         else:
             ids = [int(t) for t in prompt]
         if not ids:
-            raise ZayaEdgeError("empty prompt")
+            raise RequestError("empty prompt")
         bad = [t for t in ids if not 0 <= t < self.dims.vocab_size]
         if bad:
-            raise ZayaEdgeError(f"token id {bad[0]} is outside the vocabulary (size {self.dims.vocab_size})")
+            raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {self.dims.vocab_size})")
         return tuple(ids)
 
     def check(self, request: Request) -> None:
         """Refuse a request that cannot run: empty, or longer than the context."""
         n = len(request.prompt_ids)
         if n == 0:
-            raise ZayaEdgeError("empty prompt")
+            raise RequestError("empty prompt")
         if n + request.params.max_new_tokens > self.context_length:
-            raise ZayaEdgeError(
+            raise ContextFullError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.params.max_new_tokens}) exceeds the context "
                 f"length {self.context_length}; shorten the prompt or lower max_new_tokens"
             )

@@ -11,7 +11,7 @@ from typing import Sequence
 from tokenizers import Tokenizer as HFTokenizer
 
 from zaya_edge import artifact as A
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import ArtifactError
 
 # ChatML, the format ZAYA1 is tuned on; the model opens its reasoning with <think> itself.
 DEFAULT_CHAT_TEMPLATE = (
@@ -31,7 +31,7 @@ class Tokenizer:
         try:
             self._tok = HFTokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # tokenizers raises its own exception types for a bad file
-            raise ZayaEdgeError(f"{tokenizer_file} cannot be read: {exc}") from None
+            raise ArtifactError(f"{tokenizer_file} cannot be read: {exc}") from None
         config = _read_config(config_file) if config_file is not None else {}
         template = config.get("chat_template")
         if template_file is not None:
@@ -48,7 +48,7 @@ class Tokenizer:
         folder = Path(folder)
         path = folder / A.TOKENIZER_FILE
         if not path.exists():
-            raise ZayaEdgeError(f"{folder} has no {A.TOKENIZER_FILE}: pass token ids, or export from a folder with a tokenizer")
+            raise ArtifactError(f"{folder} has no {A.TOKENIZER_FILE}: pass token ids, or export from a folder with a tokenizer")
         optional = [folder / n for n in (A.TOKENIZER_CONFIG_FILE, A.CHAT_TEMPLATE_FILE)]
         return cls(path, *(p if p.exists() else None for p in optional))
 
@@ -97,16 +97,16 @@ def _read_text(path: Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ZayaEdgeError(f"cannot read {path}: {exc}") from None
+        raise ArtifactError(f"cannot read {path}: {exc}") from None
 
 
 def _read_config(path: Path) -> dict:
     try:
         config = json.loads(_read_text(path))
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise ZayaEdgeError(f"{path} is not valid JSON: {exc}") from None
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
-        raise ZayaEdgeError(f"{path} is not a JSON object")
+        raise ArtifactError(f"{path} is not a JSON object")
     return config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol, Sequence
 
-from zaya_edge.errors import RequestError, ZayaEdgeError
+from zaya_edge.errors import RequestError
 
 
 def check_temperature(value: float) -> float:
@@ -45,13 +45,13 @@ class SamplingParams:
         check_temperature(self.temperature)
         check_top_p(self.top_p)
         if self.top_k < 0:
-            raise ZayaEdgeError(f"top_k must be >= 0, got {self.top_k}")
+            raise RequestError(f"top_k must be >= 0, got {self.top_k}")
         if not (0 <= self.min_p < 1):
-            raise ZayaEdgeError(f"min_p must be in [0, 1), got {self.min_p}")
+            raise RequestError(f"min_p must be in [0, 1), got {self.min_p}")
         if not (self.repetition_penalty > 0):
-            raise ZayaEdgeError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise RequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
-            raise ZayaEdgeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise RequestError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclasses.dataclass(frozen=True)

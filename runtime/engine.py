@@ -12,6 +12,7 @@ engine only chooses which sequences enter it: `_Admission` below.
 from __future__ import annotations
 
 import collections
+import numbers
 import functools
 import threading
 import time
@@ -83,16 +84,25 @@ class Engine:
             ids = [int(t) for t in prompt]
         if not ids:
             raise RequestError("empty prompt")
-        bad = [t for t in ids if not 0 <= t < self.dims.vocab_size]
-        if bad:
-            raise RequestError(f"token id {bad[0]} is outside the vocabulary (size {self.dims.vocab_size})")
+        self._check_ids(ids)
         return tuple(ids)
 
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        vocab = self.dims.vocab_size
+        bad = [t for t in ids if not isinstance(t, numbers.Integral) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"token id {bad[0]!r} is outside the vocabulary (size {self.dims.vocab_size})")
+
     def check(self, request: Request) -> None:
-        """Refuse a request that cannot run: empty, or longer than the context."""
+        """Refuse a request that cannot run: empty, ids outside the vocabulary, longer than the context.
+
+        Every entry point comes through here (generate, generate_batch, chat), so a caller of the
+        Python API gets the same checks as the CLI.
+        """
         n = len(request.prompt_ids)
         if n == 0:
             raise RequestError("empty prompt")
+        self._check_ids(request.prompt_ids)
         if n + request.params.max_new_tokens > self.context_length:
             raise ContextFullError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.params.max_new_tokens}) exceeds the context "

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from zaya_edge.errors import ArtifactError, CheckpointError, ContextFullError, RequestError, ZayaEdgeError
-from zaya_edge.runtime import Engine, SamplingParams
+from zaya_edge.runtime import Engine, Request, SamplingParams
 
 
 def test_the_kinds_are_project_errors():
@@ -42,3 +42,15 @@ def test_export_errors_have_their_kind(tiny_checkpoint, tmp_path):
         export_model(not_zaya, tmp_path / "out", precision="fp32", progress=False)
     with pytest.raises(RequestError):
         export_model(tiny_checkpoint[1], tmp_path / "out", precision="int3", progress=False)
+
+
+def test_the_python_api_validates_like_the_cli(tiny_artifact):
+    """generate_batch and chat get the checks generate has (ids were once computed on silently)."""
+    engine = Engine.load(tiny_artifact[1])
+    vocab = engine.dims.vocab_size
+    for ids in [(5, vocab), (5, -1), (5, 2.0), (True, 5)]:
+        with pytest.raises(RequestError, match="outside the vocabulary"):
+            engine.generate_batch([Request((4, 5)), Request(ids)])
+    with pytest.raises(ContextFullError):
+        engine.generate_batch([Request((4, 5), SamplingParams(max_new_tokens=engine.context_length))])
+    assert len(engine.generate_batch([Request((4, 5), SamplingParams(max_new_tokens=2))])[0].tokens) <= 2

@@ -4,48 +4,86 @@ Sources: a Hugging Face folder (model.safetensors or shards + index), a live
 `ZayaForCausalLM`, or its state_dict. Every source answers the same three questions —
 which tensors, what shape, and the fp32 values of one tensor — so the graph builder never
 holds more than the tensor it is writing.
+
+A checkpoint folder is untrusted input: every file read from it must be a regular file inside
+it (`confined`), JSON files are bounded before they are parsed, a safetensors header must
+describe a file that holds exactly its tensors, and weights must be finite floats.
 """
 
 from __future__ import annotations
 
-import json
-import struct
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from zaya_edge import artifact as A
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import CheckpointError, RequestError, ZayaEdgeError
 
-# safetensors' numpy backend cannot return bf16 (numpy has no such dtype) and its torch
-# backend would make torch a hard requirement for reading. The format is a little-endian u64
-# header length, a JSON header of {name: {dtype, shape, data_offsets}}, then raw bytes, so we
-# read the bytes of one tensor (or a row range of it) and convert bf16 to fp32 ourselves (the
-# top 16 bits of an fp32).
-_SAFETENSORS_DTYPES = {
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": np.uint16,
-    "F64": np.float64,
-    "I64": np.int64,
-    "I32": np.int32,
-    "BOOL": np.bool_,
-}
-_TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, finite, json_object, not_float
+
+_TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float64": "F64"}
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+INDEX_FILE = "model.safetensors.index.json"
+SIDE_FILES = (A.GENERATION_CONFIG_FILE,) + A.TOKENIZER_FILES  # copied into the artifact when present
+
+# Sizes past any real checkpoint's: refused before anything is parsed or copied.
+CONFIG_LIMIT = 8 << 20  # config.json, generation_config.json
+INDEX_LIMIT = 64 << 20  # model.safetensors.index.json
+SIDE_LIMIT = 64 << 20  # tokenizer files
 
 
-_READ_VALUES = 1 << 24  # values per read: 32-64 MB of raw bytes in flight
+def confined(folder: Path, name, limit: int | None = None) -> Path:
+    """The real path of file `name` of `folder`; a name that leaves the folder (absolute, `..`, a
+    symlink out), a missing file, a FIFO/device/folder or one over `limit` bytes is refused, so a
+    checkpoint cannot make the exporter read, or copy into an artifact, anything else."""
+    if not _relative(name):
+        raise CheckpointError(f"checkpoint file name {name!r} points outside the checkpoint folder {folder}: refused")
+    where = folder / name
+    try:
+        real = where.resolve()
+        inside = real.is_relative_to(folder.resolve()) or _hub_blob(folder.resolve(), real)
+        info = os.stat(real) if inside else None
+    except FileNotFoundError:
+        raise CheckpointError(f"{where} is missing") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise CheckpointError(f"cannot read {where}: {exc}") from None
+    if info is None:
+        raise CheckpointError(f"{where} is a symlink to {real}, outside the checkpoint folder: refused")
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{where} is not a regular file")
+    if limit is not None and info.st_size > limit:
+        raise CheckpointError(f"{where} is {info.st_size} bytes, over the {limit >> 20} MiB such a file may have")
+    return real
 
 
-def _widen(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
-    """raw values -> fp32 into `out` (bf16 is the top half of an fp32)."""
-    if dtype == "BF16":
-        wide = out.view(np.uint32)
-        wide[...] = raw
-        wide <<= 16
-    else:
-        out[...] = raw
+def _relative(name) -> bool:
+    """A plain relative name below the folder: no absolute path, no `..`, no NUL."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and ".." not in path.parts
+
+
+def _hub_blob(root: Path, real: Path) -> bool:
+    """A Hugging Face cache snapshot (<repo>/snapshots/<rev>/) links its files to <repo>/blobs/."""
+    return root.parent.name == "snapshots" and real.parent == root.parent.parent / "blobs"
+
+
+def _present(folder: Path, name: str) -> bool:
+    """There is an entry `name` (a dangling symlink too: `confined` then says what is wrong)."""
+    return os.path.lexists(folder / name)
+
+
+def load_json(folder: Path, name: str, limit: int) -> dict:
+    """A checkpoint's JSON file as a dict, confined and bounded before it is parsed."""
+    try:
+        raw = confined(folder, name, limit).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {folder / name}: {exc}") from None
+    return json_object(raw, str(folder / name))
 
 
 def _dims(read, source) -> ZayaDims:
@@ -57,47 +95,6 @@ def _dims(read, source) -> ZayaDims:
         raise CheckpointError(str(exc)) from exc
 
 
-class _SafetensorsFile:
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path.name} is not a readable safetensors file: {exc}") from None
-        self.data_start = 8 + n
-        header.pop("__metadata__", None)
-        self.entries = header
-
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """fp32 values of one tensor, or of rows [start, stop) of its first axis."""
-        e = self.entries[name]
-        np_dtype = _SAFETENSORS_DTYPES.get(e["dtype"])
-        if np_dtype is None:
-            raise CheckpointError(f"tensor {name} has unsupported dtype {e['dtype']}")
-        shape = list(e["shape"])
-        start, end = e["data_offsets"]
-        itemsize = np.dtype(np_dtype).itemsize
-        count = (end - start) // itemsize
-        if rows is not None:
-            row = count // shape[0] if shape[0] else 0
-            start += rows[0] * row * itemsize
-            shape[0] = rows[1] - rows[0]
-            count = shape[0] * row
-        # plain reads into one fp32 buffer: a memory map would add the raw bytes to the RSS
-        out = np.empty(count, np.float32)
-        buf = np.empty(min(count, _READ_VALUES), np_dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + start)
-            for i in range(0, count, _READ_VALUES):
-                chunk = buf[: min(_READ_VALUES, count - i)]
-                if f.readinto(memoryview(chunk).cast("B")) != chunk.nbytes:
-                    raise CheckpointError(f"{self.path.name} is truncated: tensor {name} runs past its end")
-                _widen(chunk, e["dtype"], out[i : i + len(chunk)])
-        return out.reshape(shape)
-
-
 class Checkpoint:
     """Tensor names, shapes and fp32 values, one tensor at a time."""
 
@@ -105,6 +102,7 @@ class Checkpoint:
     config: dict
     folder: Path | None = None  # set for on-disk sources (tokenizer files, hashes)
     files: list[Path] = []
+    side_files: dict[str, Path] = {}  # name -> real path of the files copied into the artifact
     # transformers' from_pretrained resets the skip class's balancing bias to -1.0 whatever
     # the file holds; a folder export must do the same to match the model users load. A live
     # module is exported as it is.
@@ -141,32 +139,37 @@ class FolderCheckpoint(Checkpoint):
             raise CheckpointError(f"{folder} is not a checkpoint folder")
         self.folder = folder
         self.resets_skip_bias = True
-        self.dims = _dims(ZayaDims.from_file, folder / "config.json")
-        self.config = json.loads((folder / "config.json").read_text())
-        index = folder / "model.safetensors.index.json"
-        single = folder / "model.safetensors"
-        if index.exists():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-            shard_names = sorted(set(weight_map.values()))
-            missing = [s for s in shard_names if not (folder / s).exists()]
-            if missing:
-                raise CheckpointError(f"checkpoint shard {missing[0]} listed in the index is missing")
-            shards = {s: _SafetensorsFile(folder / s) for s in shard_names}
-            self._where = {name: shards[s] for name, s in weight_map.items()}
-            self.files = [folder / s for s in shard_names] + [index]
-        elif single.exists():
-            f = _SafetensorsFile(single)
+        if not _present(folder, A.CONFIG_FILE):
+            raise CheckpointError(f"no config.json at {folder / A.CONFIG_FILE}")
+        self.config = load_json(folder, A.CONFIG_FILE, CONFIG_LIMIT)
+        self.dims = _dims(ZayaDims.from_dict, self.config)
+        if _present(folder, INDEX_FILE):
+            self._where, shard_names = self._sharded(folder)
+            self.files = [folder / s for s in shard_names] + [folder / INDEX_FILE]
+        elif _present(folder, "model.safetensors"):
+            f = SafetensorsFile(confined(folder, "model.safetensors"), "model.safetensors")
             self._where = {name: f for name in f.entries}
-            self.files = [single]
+            self.files = [folder / "model.safetensors"]
         else:
-            pickles = [p for p in PICKLE_FILES if (folder / p).exists()]
-            if pickles or list(folder.glob("pytorch_model-*.bin")):
-                raise CheckpointError(
-                    f"{folder} holds only a pickle checkpoint ({pickles[0] if pickles else 'pytorch_model-*.bin'}); "
-                    "pickles can run arbitrary code and are refused — convert it to safetensors first"
-                )
-            raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json")
-        self.files.append(folder / "config.json")
+            _refuse_pickles(folder)
+            raise CheckpointError(f"{folder} has no model.safetensors or {INDEX_FILE}")
+        self.files.append(folder / A.CONFIG_FILE)
+        self.side_files = {n: confined(folder, n, SIDE_LIMIT) for n in SIDE_FILES if _present(folder, n)}
+        if A.GENERATION_CONFIG_FILE in self.side_files:
+            load_json(folder, A.GENERATION_CONFIG_FILE, CONFIG_LIMIT)  # the runtime reads it: an object
+
+    @staticmethod
+    def _sharded(folder: Path) -> tuple[dict, list[str]]:
+        """(tensor -> its shard, shard names) from the index; every shard confined and checked."""
+        weight_map = load_json(folder, INDEX_FILE, INDEX_LIMIT).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise CheckpointError(f"{folder / INDEX_FILE} has no weight_map of tensor -> shard file names")
+        shard_names = sorted(set(weight_map.values()))
+        shards = {s: SafetensorsFile(confined(folder, s), s) for s in shard_names}
+        for name, s in weight_map.items():
+            if name not in shards[s].entries:
+                raise CheckpointError(f"{INDEX_FILE} places tensor {name} in {s}, which does not hold it")
+        return {name: shards[s] for name, s in weight_map.items()}, shard_names
 
     def names(self) -> set[str]:
         return set(self._where)
@@ -184,8 +187,17 @@ class FolderCheckpoint(Checkpoint):
         return self._where[name].entries[name]["dtype"]
 
 
+def _refuse_pickles(folder: Path) -> None:
+    pickles = [p for p in PICKLE_FILES if (folder / p).exists()]
+    if pickles or list(folder.glob("pytorch_model-*.bin")):
+        raise CheckpointError(
+            f"{folder} holds only a pickle checkpoint ({pickles[0] if pickles else 'pytorch_model-*.bin'}); "
+            "pickles can run arbitrary code and are refused — convert it to safetensors first"
+        )
+
+
 class StateDictCheckpoint(Checkpoint):
-    """A live module's state_dict (torch tensors); each is converted when it is read."""
+    """A live module's state_dict (torch tensors); each is converted, and checked, when it is read."""
 
     def __init__(self, state_dict: dict, config: dict):
         self.config = dict(config)
@@ -204,17 +216,20 @@ class StateDictCheckpoint(Checkpoint):
         return tuple(self._sd[name].shape)
 
     def read(self, name: str) -> np.ndarray:
-        import torch  # export-only dependency
-
-        return self._sd[name].detach().to(torch.float32).cpu().numpy()
+        return self._values(name, self._sd[name])
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        import torch
+        return self._values(name, self._sd[name][start:stop])
 
-        return self._sd[name][start:stop].detach().to(torch.float32).cpu().numpy()
+    def _values(self, name: str, tensor) -> np.ndarray:
+        import torch  # export-only dependency
+
+        if not tensor.dtype.is_floating_point:
+            raise CheckpointError(not_float(name, str(tensor.dtype)))
+        return finite(name, tensor.detach().to(torch.float32).cpu().numpy())
 
     def dtype(self, name: str) -> str:
-        return _TORCH_DTYPES.get(str(self._sd[name].dtype), "F32")
+        return _TORCH_DTYPES.get(str(self._sd[name].dtype), str(self._sd[name].dtype))
 
 
 def open_checkpoint(src, config: dict | None = None) -> Checkpoint:
@@ -285,15 +300,16 @@ def expected_tensors(dims: ZayaDims) -> dict[str, tuple[int, ...]]:
 def check_tensors(ckpt: Checkpoint) -> None:
     """Fail early, naming the tensor, before anything is written."""
     names = ckpt.names()
-    for name, shape in expected_tensors(ckpt.dims).items():
+    wanted = expected_tensors(ckpt.dims)
+    for i in range(ckpt.dims.num_layers):
+        name = f"model.layers.{i}.mlp.gate.balancing_biases"
+        if name in names:  # optional: transformers resets it when absent
+            wanted[name] = (ckpt.dims.num_experts + 1,)
+    for name, shape in wanted.items():
         if name not in names:
             raise CheckpointError(f"checkpoint is missing tensor {name}")
         got = ckpt.shape(name)
         if tuple(got) != tuple(shape):
             raise CheckpointError(f"tensor {name} has shape {list(got)}, config implies {list(shape)}")
-    for i in range(ckpt.dims.num_layers):
-        name = f"model.layers.{i}.mlp.gate.balancing_biases"
-        if name in names and tuple(ckpt.shape(name)) != (ckpt.dims.num_experts + 1,):
-            raise CheckpointError(
-                f"tensor {name} has shape {list(ckpt.shape(name))}, config implies [{ckpt.dims.num_experts + 1}]"
-            )
+        if ckpt.dtype(name) not in FLOAT_DTYPES:
+            raise CheckpointError(not_float(name, ckpt.dtype(name)))

@@ -2,6 +2,9 @@
 
 Everything is written into a hidden temporary folder beside OUT and renamed into place at the
 end, so an interrupted or failed export never leaves something that looks like an artifact.
+SIGTERM unwinds like Ctrl-C (the temporary folder is removed); after a SIGKILL, the next export
+into the same OUT removes the partial folders whose exporting process is gone. `force=True`
+replaces only what is recognisably an artifact (or an empty folder), never anything else.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import onnx_ir as ir
+from onnx_ir.serde import SerdeError
 
 from zaya_edge import __version__
 from zaya_edge import artifact as A
 from zaya_edge.config import ZayaDims
-from zaya_edge.errors import RequestError
+from zaya_edge.errors import RequestError, ZayaEdgeError
 from zaya_edge.manifest import Source, TensorSpec
 
 from .checkpoint import Checkpoint, check_tensors, open_checkpoint
@@ -52,19 +59,21 @@ def export_model(
     that fits a laptop; fp32 is the exact reference. An existing `out` is replaced only if `force`.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise RequestError(f"{out} already exists; replacing it needs force=True")
-    ckpt = open_checkpoint(src, config)
-    plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
-                       lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
-                       context_length=context_length)
-    check_tensors(ckpt)
-    model = DecoderGraphBuilder(ckpt, plan).build()
-    _write_artifact(ckpt, model, plan, out, progress)
+    _check_replaceable(out, force)
+    _remove_stale(out)
+    with _sigterm_interrupts():
+        ckpt = open_checkpoint(src, config)
+        plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
+                           lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
+                           context_length=context_length)
+        check_tensors(ckpt)
+        model = DecoderGraphBuilder(ckpt, plan).build()
+        _write_artifact(ckpt, model, plan, out, progress, force)
     return out
 
 
-def _write_artifact(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, out: Path, progress: bool) -> None:
+def _write_artifact(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, out: Path, progress: bool,
+                    force: bool) -> None:
     """Everything into a temporary folder beside `out`, renamed into place only when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -72,15 +81,18 @@ def _write_artifact(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, out: Pa
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an artifact is an ordinary folder
     try:
+        (tmp / OWNER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         _save_graph(model, tmp, ckpt.dims.num_layers, progress)
         _write_side_files(ckpt, tmp)
         _write_genai_config(ckpt, tmp, plan.context_length)
         manifest = _manifest(ckpt, model, plan, tmp)
         (tmp / A.MANIFEST_FILE).write_text(manifest.to_json())
+        _check_replaceable(out, force)  # again: OUT may have appeared since the export began
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    (out / OWNER_FILE).unlink(missing_ok=True)
 
 
 def _save_graph(model: ir.Model, folder: Path, num_layers: int, progress: bool) -> None:
@@ -102,26 +114,33 @@ def _save_graph(model: ir.Model, folder: Path, num_layers: int, progress: bool) 
 
     try:
         ir.save(model, folder / A.MODEL_FILE, external_data=A.DATA_FILE, callback=callback, max_workers=1)
+    except SerdeError as exc:
+        raise _cause(exc) from None
     finally:
         if bar is not None:
             bar.update(num_layers - 1 - done)
             bar.close()
 
 
+def _cause(exc: SerdeError) -> BaseException:
+    """onnx_ir wraps what a lazy weight raised in SerdeErrors (inline tensors only); a CheckpointError
+    naming the tensor, or a full disk, is what the user should see, in one line."""
+    cause = exc
+    while isinstance(cause, SerdeError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause if isinstance(cause, (ZayaEdgeError, OSError)) else exc
+
+
 def _write_side_files(ckpt: Checkpoint, folder: Path) -> None:
+    """config.json as parsed; generation_config and tokenizer files from the real paths the
+    checkpoint confined (inside the source folder, regular files, bounded)."""
     (folder / A.CONFIG_FILE).write_text(json.dumps(ckpt.config, indent=2, sort_keys=True, default=str))
-    src = ckpt.folder
-    gen = src / A.GENERATION_CONFIG_FILE if src else None
-    if gen and gen.exists():
-        shutil.copyfile(gen, folder / A.GENERATION_CONFIG_FILE)
-    else:
+    if A.GENERATION_CONFIG_FILE not in ckpt.side_files:
         d = ckpt.dims
         gen_cfg = {"bos_token_id": d.bos_token_id, "eos_token_id": d.eos_token_id, "pad_token_id": d.pad_token_id}
         (folder / A.GENERATION_CONFIG_FILE).write_text(json.dumps(gen_cfg, indent=2))
-    if src:
-        for name in A.TOKENIZER_FILES:
-            if (src / name).exists():
-                shutil.copyfile(src / name, folder / name)
+    for name, real in ckpt.side_files.items():
+        shutil.copyfile(real, folder / name)
 
 
 def _write_genai_config(ckpt: Checkpoint, folder: Path, context_length: int) -> None:
@@ -207,7 +226,7 @@ def _manifest(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, folder: Path)
     files = {
         p.name: A.file_record(p)
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != A.MANIFEST_FILE
+        if p.is_file() and p.name not in (A.MANIFEST_FILE, OWNER_FILE)
     }
     if ckpt.folder is not None:
         source = Source("folder", str(ckpt.folder), {p.name: A.file_record(p) for p in ckpt.files})
@@ -233,8 +252,109 @@ def _replace(tmp: Path, out: Path) -> None:
     """Atomically move the finished folder into place (replacing an existing OUT: force=True)."""
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # one of a dead process that had this pid
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+# ---- what may be replaced, and what is left of dead exports ---------------------------------
+OWNER_FILE = ".zaya_edge-export.pid"  # inside a partial folder: "pid host" of the export writing it
+_MANIFEST_LIMIT = 64 << 20
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """An existing OUT is replaced only with force=True and only if it is an artifact or an empty
+    folder: a mistyped OUT must never delete someone's folder or file."""
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise RequestError(f"{out} already exists; replacing it needs force=True")
+    if out.is_symlink() or not out.is_dir():
+        raise RequestError(f"{out} is not a folder; force=True replaces only a zaya-edge artifact folder")
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as exc:
+        raise RequestError(f"cannot read {out}: {exc.strerror or exc}") from None
+    if not empty and not _is_artifact(out):
+        raise RequestError(
+            f"{out} is not a zaya-edge artifact (no {A.MANIFEST_FILE} manifest); force=True replaces only "
+            "an artifact or an empty folder, so nothing was deleted"
+        )
+
+
+def _is_artifact(folder: Path) -> bool:
+    """The folder's manifest is a JSON object with a format_version (any version: an artifact of
+    an older zaya-edge is still one to replace)."""
+    manifest = folder / A.MANIFEST_FILE
+    try:
+        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > _MANIFEST_LIMIT:
+            return False
+        data = json.loads(manifest.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove the `.OUT.partial-*` and `.OUT.old-PID` folders beside OUT whose export process is
+    gone: a SIGKILL or a power cut leaves them and nothing else would. A live export's stay."""
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if p.name.startswith(f".{out.name}.partial-"):
+            pid = _owner(p)
+        elif p.name.startswith(f".{out.name}.old-"):
+            pid = _pid(p.name.rsplit("-", 1)[1])
+        else:
+            continue
+        if pid is not None and not _alive(pid) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _owner(partial: Path) -> int | None:
+    """The pid writing a partial folder when it is this host's (a disk may be shared); None, and
+    the folder is left alone, when that is unknown."""
+    try:
+        with open(partial / OWNER_FILE, encoding="ascii") as f:
+            pid, host = f.read(300).split()
+    except (OSError, ValueError):  # ValueError: not two words, or not ASCII
+        return None
+    return _pid(pid) if host == socket.gethostname() else None
+
+
+def _pid(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process, alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (kill, a service manager, a closing session) raises KeyboardInterrupt as Ctrl-C
+    does, so a failed export's cleanup runs. Only the main thread may set a handler; the previous
+    one is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -24,6 +24,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 
 from zaya_edge import artifact as A
+from zaya_edge.errors import RequestError
 
 from .cache import RowState, StateCache
 from .session import DecoderSession, bind
@@ -88,6 +89,8 @@ class SequenceBatch:
             self._cache.reset()
         t0 = time.perf_counter()
         fresh = {s: list(p) for s, p in prompts.items() if not isinstance(p, Prefilled)}
+        if not all(fresh.values()):
+            raise RequestError("empty prompt: admit needs at least one token per sequence")
         out = {}
         # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
         # batch 1: several prompts longer than a chunk are prefilled aside one by one
@@ -162,6 +165,8 @@ class SequenceBatch:
     # ---- model calls ----------------------------------------------------------------------
     def extend(self, seq_id: Hashable, tokens: Sequence[int]) -> np.ndarray:
         """Append tokens to a live sequence; returns its logits [vocab]."""
+        if not len(tokens):
+            raise RequestError("nothing to append: extend needs at least one token")
         t0 = time.perf_counter()
         row = self._rows[seq_id]
         ids = np.asarray([tokens], np.int64)

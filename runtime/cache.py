@@ -161,7 +161,10 @@ class StateCache:
         """Put a snapshot into `row`, right-aligned to the batch's current columns."""
         n = state.tokens
         if n > self.columns:  # the other rows get masked holes in the new columns
-            self.reserve(n - self.columns)
+            if n > self.max_capacity:
+                raise ContextFullError(f"context full: {n} positions needed, the artifact supports {self.max_capacity}")
+            if n > self.capacity:  # only the width matters here: no defragment (it could shrink columns)
+                self._grow(max(n, 2 * self.capacity))
             self.mask[:, self.columns : n] = 0
             self.columns = n
         start = self.columns - n

@@ -63,10 +63,14 @@ class ChatSession:
             raise RequestError("empty message")
         self._close_turn()
         self.messages.append({"role": "user", "content": message})
-        prompt_text = self.engine.codec.render_chat(self.messages)
-        new_tokens = self._tokens_after_cache(prompt_text)
-        request = Request(tuple(self.history + new_tokens), self.params)
-        self.engine.check(request)
+        try:
+            prompt_text = self.engine.codec.render_chat(self.messages)
+            new_tokens = self._tokens_after_cache(prompt_text)
+            request = Request(tuple(self.history + new_tokens), self.params)
+            self.engine.check(request)
+        except BaseException:
+            self.messages.pop()  # a turn that cannot run is not kept: the conversation goes on without it
+            raise
         gen = Generation([request], functools.partial(self._turn, request, new_tokens, prompt_text))
         self._turn_ref = weakref.ref(gen)
         return gen
@@ -89,12 +93,17 @@ class ChatSession:
     ) -> Iterator[list[StepEvent]]:
         seq = SequenceState(_SEQ, request, self.engine.eos_token_ids, self.engine.tokenizer)
         start = time.perf_counter()
-        done = False
         try:
             if _SEQ in self._batch:
                 seq.logits = self._batch.extend(_SEQ, new_tokens)
             else:
                 seq.logits = self._batch.admit({_SEQ: new_tokens})[_SEQ]
+        except BaseException:  # the prompt never ran whole: drop the turn, rebuild the cache next time
+            self.messages.pop()
+            self._forget()
+            raise
+        done = False
+        try:
             yield from decode_loop(self._batch, {_SEQ: seq}, cancelled, stats, start)
             done = True
         finally:

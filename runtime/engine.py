@@ -81,7 +81,7 @@ class Engine:
                 raise RequestError("empty prompt")
             ids = self.codec.chat_prompt(prompt) if chat else self.codec.encode(prompt, add_special_tokens=True)
         else:
-            ids = [int(t) for t in prompt]
+            ids = list(prompt)  # checked as they are: 2.7 is refused, not read as 2
         if not ids:
             raise RequestError("empty prompt")
         self._check_ids(ids)

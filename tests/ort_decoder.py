@@ -18,20 +18,10 @@ class OrtDecoder:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def zero_state(self, batch: int) -> dict:
-        d = self.dims
-        return {
-            A.PAST_NAMES[k] % i: np.zeros(A.state_shape(d, k, batch, 0), np.float32)
-            for i in range(d.num_layers)
-            for k in A.STATE_KINDS
-        }
+        return A.zero_state(self.dims, batch)
 
     def step(self, ids, mask, state):
         """Run one call; returns (logits, new state keyed by past names)."""
         feed = {A.INPUT_IDS: np.asarray(ids, np.int64), A.ATTENTION_MASK: np.asarray(mask, np.int64), **state}
         outs = dict(zip(self.output_names, self.session.run(None, feed)))
-        new_state = {
-            A.PAST_NAMES[k] % i: outs[A.PRESENT_NAMES[k] % i]
-            for i in range(self.dims.num_layers)
-            for k in A.STATE_KINDS
-        }
-        return outs[A.LOGITS], new_state
+        return outs[A.LOGITS], A.next_state(self.dims, outs)

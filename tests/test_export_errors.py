@@ -96,9 +96,16 @@ def test_existing_output_needs_force(ckpt, tmp_path):
     rc, err = run_cli("export", ckpt, "-o", out)
     assert_one_line_error(rc, err, "already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces an artifact or an empty folder, never a folder of someone else's files
+    rc, err = run_cli("export", ckpt, "-o", out, "--force", "--quiet")
+    assert_one_line_error(rc, err, "not a zaya-edge artifact")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     rc, err = run_cli("export", ckpt, "-o", out, "--force", "--quiet")
     assert rc == 0, err
-    assert (out / "zaya_edge.json").exists() and not (out / "keep.txt").exists()
+    assert (out / "zaya_edge.json").exists()
+    rc, err = run_cli("export", ckpt, "-o", out, "--force", "--quiet")  # over the artifact it just wrote
+    assert rc == 0, err
 
 
 def test_debug_shows_traceback(ckpt, tmp_path):

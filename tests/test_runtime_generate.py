@@ -250,3 +250,22 @@ def test_an_abandoned_chat_stream_leaves_the_session_consistent(engine):
     fresh.messages = [dict(m) for m in chat.messages[:-2]]  # up to the third question
     assert fresh.send("third question").text() == reply
     assert chat.history == fresh.history and chat.messages == fresh.messages
+
+
+def test_a_turn_over_the_context_is_refused_and_the_chat_goes_on(engine):
+    """A message that cannot fit is one ContextFullError; it is not kept, and the next turn is what
+    a session that never saw it would answer."""
+    from zaya_edge.errors import ContextFullError
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=8, ignore_eos=True)
+    chat = engine.chat(params)
+    chat.send("first question").text()
+    before = [dict(m) for m in chat.messages]
+    with pytest.raises(ContextFullError):
+        chat.send("word " * engine.context_length)
+    assert chat.messages == before
+    reply = chat.send("second question").text()
+    fresh = engine.chat(params)
+    fresh.send("first question").text()
+    assert fresh.send("second question").text() == reply
+    assert chat.messages == fresh.messages and chat.history == fresh.history

@@ -93,3 +93,23 @@ def test_draw_follows_the_distribution():
     counts = np.bincount([sampling.draw(probs, rng) for _ in range(4000)], minlength=4)
     assert counts[1] == 0
     assert np.allclose(counts / 4000, probs, atol=0.03)
+
+
+def test_restore_a_snapshot_wider_than_a_cache_with_holes(tiny_artifact):
+    """A prefilled sequence longer than the batch's cache moves in whole (it once failed to broadcast)."""
+    from zaya_edge import artifact as A
+    from zaya_edge.runtime.cache import StateCache
+
+    dims = A.Artifact.open(tiny_artifact[1]).dims
+    rng = np.random.default_rng(0)
+    big = StateCache(dims, 1, 32, 64)
+    big.mask[0, :20], big.columns = 1, 20
+    for buf in big.key + big.value:
+        buf[0, :, :20] = rng.standard_normal(buf[0, :, :20].shape)
+    snap = big.snapshot(0)
+    small = StateCache(dims, 2, 8, 64)
+    small.mask[0, :3], small.columns = 1, 8  # row 0 holds 3 tokens among holes
+    small.restore(snap, 1)
+    assert small.columns == 20 and small.mask[1, :20].sum() == 20 and small.mask[0, :3].sum() == 3
+    np.testing.assert_array_equal(small.key[0][1][:, :20], snap.key[0])
+    np.testing.assert_array_equal(small.value[-1][1][:, :20], snap.value[-1])

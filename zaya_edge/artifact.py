@@ -26,7 +26,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from zaya_edge.config import ZayaDims
+from zaya_edge.config import ZayaDims, eos_id_list
 from zaya_edge.errors import ArtifactError
 from zaya_edge.graph_io import *  # noqa: F401,F403  (the graph IO names are part of the contract)
 from zaya_edge.manifest import FORMAT_VERSION, MANIFEST_FILE, PRECISIONS, FileRecord, Manifest  # noqa: F401
@@ -107,7 +107,7 @@ class Artifact:
         if not self.manifest.files:
             raise ArtifactError(f"{self.folder}: the manifest lists no files, so nothing can be verified")
         for name, record in self.manifest.files.items():
-            if sha256_file(self.folder / name) != record.sha256:
+            if sha256_file(self.path(name)) != record.sha256:
                 raise ArtifactError(f"artifact file {name} does not match its manifest hash: corrupt")
 
     # ---- facts ----------------------------------------------------------------------------
@@ -143,10 +143,10 @@ class Artifact:
         if self.has(GENERATION_CONFIG_FILE):
             gen_cfg = self._read_json(GENERATION_CONFIG_FILE)
             eos = gen_cfg.get("eos_token_id", eos)
-        ids = eos if isinstance(eos, list) else [eos]
-        if not all(e is None or (type(e) is int and 0 <= e < self.dims.vocab_size) for e in ids):
+        ids = eos_id_list(eos)
+        if ids is None or not all(0 <= e < self.dims.vocab_size for e in ids):
             raise ArtifactError(f"{GENERATION_CONFIG_FILE}: eos_token_id must be token ids, got {eos!r}")
-        return [e for e in ids if e is not None]
+        return ids
 
     @property
     def tokenizer_files(self) -> dict[str, Path] | None:
@@ -154,7 +154,7 @@ class Artifact:
         if not self.has(TOKENIZER_FILE):
             return None
         names = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE)
-        return {n: self.folder / n for n in names if self.has(n)}
+        return {n: self.path(n) for n in names if self.has(n)}
 
     def _read_json(self, name: str) -> dict:
         try:

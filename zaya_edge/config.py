@@ -150,10 +150,7 @@ class ZayaDims:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        eos = self.eos_token_id
-        if eos is None:
-            return []
-        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+        return eos_id_list(self.eos_token_id) or []
 
 
 def _rope_settings(rope: dict) -> tuple[dict[str, float], dict[str, float]]:
@@ -166,3 +163,11 @@ def _rope_settings(rope: dict) -> tuple[dict[str, float], dict[str, float]]:
         theta[lt] = float(params["rope_theta"])
         partial[lt] = float(params.get("partial_rotary_factor", 1.0))
     return theta, partial
+
+
+def eos_id_list(eos) -> list[int] | None:
+    """A config's eos_token_id (an id, a list of ids or null) as a list; None if it is neither."""
+    items = eos if isinstance(eos, list) else [eos]
+    if not all(e is None or (type(e) is int) for e in items):
+        return None
+    return [e for e in items if e is not None]

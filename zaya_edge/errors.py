@@ -5,7 +5,8 @@ bug. Messages speak of the library's own arguments, never of CLI flags: the CLI 
 
     ZayaEdgeError
       ├─ ArtifactError      an artifact folder is missing, corrupt, tampered with or inconsistent
-      ├─ CheckpointError    a checkpoint (source model) cannot be read or is not a ZAYA model
+      ├─ CheckpointError    a checkpoint cannot be used: a source model (not ZAYA, unreadable, unsafe)
+      │                     or a saved Markovian RSA run (corrupt, another problem or settings)
       ├─ RequestError       a request's arguments are invalid (prompt, sampling, strategy settings)
       └─ ContextFullError   a sequence does not fit the artifact's context (or the memory budget)
 """
@@ -20,7 +21,7 @@ class ArtifactError(ZayaEdgeError):
 
 
 class CheckpointError(ZayaEdgeError):
-    """A source checkpoint (folder, module or state dict) cannot be exported."""
+    """A source checkpoint cannot be exported, or a saved RSA run cannot be resumed."""
 
 
 class RequestError(ZayaEdgeError, ValueError):

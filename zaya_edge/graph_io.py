@@ -6,7 +6,15 @@ the KV cache every layer carries two small CCA states: the conv window and the d
 
 from __future__ import annotations
 
+import numpy as np
+
 from zaya_edge.config import ZayaDims
+
+__all__ = [
+    "INPUT_IDS", "ATTENTION_MASK", "LOGITS", "PAST_KEY", "PAST_VALUE", "PAST_CONV", "PAST_RECURRENT",
+    "PRESENT_KEY", "PRESENT_VALUE", "PRESENT_CONV", "PRESENT_RECURRENT", "STATE_KINDS", "PAST_NAMES",
+    "PRESENT_NAMES", "state_shape", "io_spec", "zero_state", "next_state",
+]
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -62,3 +70,16 @@ def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[tuple], list[tuple]]
                 (PRESENT_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "present_sequence"))
             )
     return inputs, outputs
+
+
+def zero_state(dims: ZayaDims, batch: int) -> dict[str, np.ndarray]:
+    """Empty past states for `batch` rows, keyed by input name (plain session.run feeds)."""
+    return {
+        PAST_NAMES[k] % i: np.zeros(state_shape(dims, k, batch, 0), np.float32)
+        for i in range(dims.num_layers) for k in STATE_KINDS
+    }
+
+
+def next_state(dims: ZayaDims, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A call's present states, keyed as the next call's past inputs (concat-mode cache)."""
+    return {PAST_NAMES[k] % i: outputs[PRESENT_NAMES[k] % i] for i in range(dims.num_layers) for k in STATE_KINDS}

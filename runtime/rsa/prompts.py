@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from zaya_edge.errors import RequestError, ZayaEdgeError
+from zaya_edge.errors import RequestError
 
 if TYPE_CHECKING:
     from .records import Candidate
@@ -33,7 +33,7 @@ def read_template(path: str | os.PathLike) -> str:
     try:
         text = Path(path).read_text("utf-8").rstrip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ZayaEdgeError(f"cannot read template {path}: {exc}") from None
+        raise RequestError(f"cannot read template {path}: {exc}") from None
     check_template(text, str(path))
     return text
 

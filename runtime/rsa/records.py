@@ -11,7 +11,7 @@ import copy
 import dataclasses
 from typing import Callable, Protocol
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import CheckpointError
 
 from .prompts import THINK_END
 
@@ -184,9 +184,9 @@ class Checkpoint:
         try:
             return cls._parse(data, extractor)
         except KeyError as exc:
-            raise ZayaEdgeError(f"checkpoint {where} is corrupt (no field {exc})") from None
+            raise CheckpointError(f"checkpoint {where} is corrupt (no field {exc})") from None
         except (AttributeError, TypeError, ValueError) as exc:
-            raise ZayaEdgeError(f"checkpoint {where} is corrupt ({exc})") from None
+            raise CheckpointError(f"checkpoint {where} is corrupt ({exc})") from None
 
     @classmethod
     def _parse(cls, data, extractor) -> Checkpoint:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from zaya_edge.errors import ContextFullError, RequestError, ZayaEdgeError
+from zaya_edge.errors import CheckpointError, ContextFullError, RequestError
 from zaya_edge.runtime.types import BatchGenerator, BatchProgress, Completion, Request, SamplingParams
 
 from .prompts import THINK_END, majority_vote, render_prompt
@@ -228,12 +228,12 @@ class _Solve:
             return (self.s.seed if self.s.seed is not None else secrets.randbits(32)), [], None
         saved = Checkpoint.from_dict(record, self.s.extractor, self.where)
         if saved.problem != self.problem:
-            raise ZayaEdgeError(f"checkpoint {self.where} is for a different problem; use another checkpoint")
+            raise CheckpointError(f"checkpoint {self.where} is for a different problem; use another checkpoint")
         seed = saved.seed if self.s.seed is None else self.s.seed
         diff = [f"{k} {saved.params.get(k)!r} there, {v!r} here"
                 for k, v in self.s.identity(seed).items() if saved.params.get(k) != v]
         if diff:
-            raise ZayaEdgeError(f"checkpoint {self.where} was made with other settings ({'; '.join(diff)}); "
+            raise CheckpointError(f"checkpoint {self.where} was made with other settings ({'; '.join(diff)}); "
                                 f"use the same settings or another checkpoint")
         return seed, saved.rounds, saved.selection
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import CheckpointError, ZayaEdgeError
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
@@ -48,9 +48,9 @@ class JsonCheckpoint:
             with open(self.path, encoding="utf-8") as f:
                 return json.load(f)
         except (OSError, UnicodeDecodeError) as exc:
-            raise ZayaEdgeError(f"cannot read checkpoint {self.path}: {exc}") from None
+            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from None
         except json.JSONDecodeError as exc:
-            raise ZayaEdgeError(f"checkpoint {self.path} is corrupt ({exc})") from None
+            raise CheckpointError(f"checkpoint {self.path} is corrupt ({exc})") from None
 
     def save(self, record: dict) -> None:
         write_json_atomic(self.path, record)

@@ -15,7 +15,6 @@ Positions are streamed one at a time, so memory holds two logit rows, not two [T
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.runtime.tokenizer import Tokenizer
 
 DEFAULT_LENGTH = 256
 _CHUNK = 64  # tokens per call when an artifact returns all positions' logits
@@ -39,9 +39,6 @@ class QualityReport:
     max_abs_logit_diff: float
     perplexity_artifact: float
     perplexity_reference: float
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
     def table(self) -> str:
         rows = [
@@ -100,11 +97,14 @@ def _read_token_file(path: Path) -> np.ndarray:
 
 
 def _tokenize(text: str, dirs: tuple[Path, ...]) -> np.ndarray:
+    """With the first tokenizer found: an artifact's (the files it lists) or a checkpoint folder's."""
     for d in dirs:
-        if (d / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            return np.array(Tokenizer.from_file(str(d / "tokenizer.json")).encode(text).ids, np.int64)
+        if (d / A.MANIFEST_FILE).is_file():
+            tokenizer = Tokenizer.from_artifact(A.Artifact.open(d))
+        else:
+            tokenizer = Tokenizer.from_folder(d) if (d / A.TOKENIZER_FILE).is_file() else None
+        if tokenizer is not None:
+            return np.array(tokenizer.encode(text), np.int64)
     raise ZayaEdgeError("text needs a tokenizer.json in the artifact or reference folder; pass a token file instead")
 
 
@@ -126,19 +126,13 @@ class ArtifactLogits:
 
     def rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
         """Teacher forcing: chunks when every position's logits come out, else one call per token."""
-        d = self.dims
-        state = {
-            A.PAST_NAMES[k] % i: np.zeros(A.state_shape(d, k, 1, 0), np.float32)
-            for i in range(d.num_layers) for k in A.STATE_KINDS
-        }
+        state = A.zero_state(self.dims, 1)
         step = _CHUNK if self.manifest.all_logits else 1
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step][None]
             feed = {A.INPUT_IDS: chunk, A.ATTENTION_MASK: np.ones((1, start + chunk.shape[1]), np.int64), **state}
             out = dict(zip(self.outputs, self.session.run(None, feed)))
-            state = {
-                A.PAST_NAMES[k] % i: out[A.PRESENT_NAMES[k] % i] for i in range(d.num_layers) for k in A.STATE_KINDS
-            }
+            state = A.next_state(self.dims, out)
             yield from out[A.LOGITS][0]
 
 
@@ -147,7 +141,7 @@ def open_reference(path: str | Path, threads: int | None = None):
     path = Path(path)
     if (path / A.MANIFEST_FILE).is_file():
         return ArtifactLogits(path, threads)
-    if (path / "config.json").is_file():
+    if (path / A.CONFIG_FILE).is_file():
         try:  # the export side owns everything that needs torch
             from zaya_edge.export.hf_logits import HFLogits
         except ImportError as exc:

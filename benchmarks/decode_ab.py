@@ -10,13 +10,13 @@ artifacts (or settings) several times and compare medians; the VM's speed drifts
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
 
+from zaya_edge.memory import peak_rss_bytes
 from zaya_edge.runtime import session as session_module
 
 LEVELS = {
@@ -97,7 +97,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     prefill = _prefill_rates(sess, rng, args.prefill) if args.prefill else []
     blocks = _decode_blocks(sess, rng, args.batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_bytes() / 2**30
     extra = f"; prefill tok/s {[round(x) for x in prefill]}" if prefill else ""
     print(f"{args.artifact} threads {args.threads} batch {args.batch} opt {args.opt} {entries or ''}: load {load_s:.1f} s; "
           f"decode median {statistics.median(blocks):.1f} ms/step {[round(x, 1) for x in blocks]}{extra}; peak RSS {peak:.2f} GiB")

@@ -9,12 +9,12 @@ from zaya_edge import artifact as A
 
 
 class OrtDecoder:
-    def __init__(self, folder):
+    def __init__(self, folder, custom_ops=False):
         artifact = A.Artifact.open(folder)
         self.manifest = artifact.manifest
         self.dims = artifact.dims
-        # the exporter's graph as written: function bodies, not the native kernels
-        self.session = artifact.open_session(custom_ops=False).session
+        # by default the exporter's graph as written: function bodies, not the native kernels
+        self.session = artifact.open_session(custom_ops=custom_ops).session
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def zero_state(self, batch: int) -> dict:

@@ -11,7 +11,6 @@ ort = pytest.importorskip("onnxruntime")
 from ort_decoder import OrtDecoder  # noqa: E402
 
 from zaya_edge import custom_ops  # noqa: E402
-from zaya_edge.artifact import MODEL_FILE  # noqa: E402
 from zaya_edge.export import export_model  # noqa: E402
 from zaya_edge.export.fixtures.random_model import tiny_model  # noqa: E402
 
@@ -25,11 +24,7 @@ def _decoders(model, folder, **export_options):
     """(fallback, native) drivers over one artifact."""
     export_model(model, folder, progress=False, all_logits=True, **{"precision": "fp32", **export_options})
     fallback = OrtDecoder(folder)
-    native = OrtDecoder(folder)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    custom_ops.register(so, LIB.path)
-    native.session = ort.InferenceSession(str(folder / MODEL_FILE), so, providers=["CPUExecutionProvider"])
+    native = OrtDecoder(folder, custom_ops=str(LIB.path))
     assert not custom_ops.router_path(fallback.session).native
     assert custom_ops.router_path(native.session).native
     return fallback, native

@@ -135,3 +135,10 @@ def test_failed_export_leaves_nothing(ckpt, tmp_path, monkeypatch):
         export_model(ckpt, out, progress=False)
     assert calls["n"] == 10
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_names_its_flags_where_the_library_names_arguments(ckpt, tmp_path):
+    """The library says `block_size=32`; a person who typed flags reads `--block-size 32`."""
+    rc, err = run_cli("export", ckpt, "-o", tmp_path / "o", "--precision", "fp32", "--block-size", "32")
+    assert_one_line_error(rc, err, "--block-size 32")
+    assert "block_size=" not in err

@@ -41,6 +41,7 @@ def test_inspect_reports_memory_and_ops(tiny_artifact):
     assert report["ops"]["ai.zaya"]["Router"] == model.num_hidden_layers
     text = cli("inspect", tiny_artifact[1], "--load")
     assert text.returncode == 0 and "router kernel" in text.stdout
+    assert "custom ops: " in text.stdout  # which library would be used, before any session is made
 
 
 def test_bench_smoke(tiny_artifact, tmp_path):

@@ -17,6 +17,10 @@ from zaya_edge.runtime import Engine, Request, SamplingParams
 from zaya_edge.memory import peak_rss_bytes
 
 
+# The default workload: a short-prompt decode, a long-prompt prefill, aggregate decode at larger batches.
+WORKLOAD = dict(prompt=128, new_tokens=128, prefill=512, batches=(8, 16), runs=3)
+
+
 def _prompts(vocab: int, n: int, length: int, seed: int) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
     return [tuple(int(t) for t in rng.integers(16, vocab, length)) for _ in range(n)]
@@ -53,11 +57,11 @@ def bench_artifact(
     path: str | Path,
     *,
     threads: int | None = None,
-    prompt: int = 128,
-    new_tokens: int = 128,
-    prefill: int = 512,
-    batches: tuple[int, ...] = (8, 16),
-    runs: int = 3,
+    prompt: int = WORKLOAD["prompt"],
+    new_tokens: int = WORKLOAD["new_tokens"],
+    prefill: int = WORKLOAD["prefill"],
+    batches: tuple[int, ...] = WORKLOAD["batches"],
+    runs: int = WORKLOAD["runs"],
     seed: int = 0,
     on_result=None,
 ) -> dict:

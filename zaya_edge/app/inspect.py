@@ -16,7 +16,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def inspect_artifact(folder: str | Path, context: int = 4096, batch: int = 1, load_session: bool = False) -> dict:
+DEFAULT_CONTEXT = 4096  # tokens the memory estimate assumes unless told
+
+
+def inspect_artifact(folder: str | Path, context: int = DEFAULT_CONTEXT, batch: int = 1, load_session: bool = False) -> dict:
     folder = Path(folder)
     artifact = A.Artifact.open(folder)
     m, d = artifact.manifest, artifact.dims

@@ -6,7 +6,9 @@ import dataclasses
 
 import click
 
+from zaya_edge.app.bench import WORKLOAD
 from zaya_edge.app.files import write_json_atomic
+from zaya_edge.app.inspect import DEFAULT_CONTEXT
 from zaya_edge.app.quality import DEFAULT_LENGTH
 from zaya_edge.errors import ZayaEdgeError
 
@@ -50,7 +52,7 @@ def quality(artifact, reference, tokens_file, text, text_file, length, seed, jso
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--context", type=int, default=4096, show_default=True, help="Context length for the memory estimate.")
+@click.option("--context", type=int, default=DEFAULT_CONTEXT, show_default=True, help="Context length for the memory estimate.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for the memory estimate.")
 @click.option("--load", "load_session", is_flag=True, help="Also create a session (checks the graph; shows which router kernel runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -67,11 +69,11 @@ def inspect(artifact, context, batch, load_session, as_json):
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
-@click.option("--prompt", type=int, default=128, show_default=True, help="Prompt tokens before the decode runs.")
-@click.option("--new-tokens", type=int, default=128, show_default=True, help="Tokens decoded per sequence.")
-@click.option("--prefill", type=int, default=512, show_default=True, help="Prompt tokens of the prefill run.")
-@click.option("--batches", default="8,16", show_default=True, help="Batch sizes for aggregate decode (comma-separated).")
-@click.option("--runs", type=int, default=3, show_default=True, help="Repetitions; medians are reported.")
+@click.option("--prompt", type=int, default=WORKLOAD["prompt"], show_default=True, help="Prompt tokens before the decode runs.")
+@click.option("--new-tokens", type=int, default=WORKLOAD["new_tokens"], show_default=True, help="Tokens decoded per sequence.")
+@click.option("--prefill", type=int, default=WORKLOAD["prefill"], show_default=True, help="Prompt tokens of the prefill run.")
+@click.option("--batches", default=",".join(map(str, WORKLOAD["batches"])), show_default=True, help="Batch sizes for aggregate decode (comma-separated).")
+@click.option("--runs", type=int, default=WORKLOAD["runs"], show_default=True, help="Repetitions; medians are reported.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Also write the results as JSON.")
 def bench(artifact, threads, prompt, new_tokens, prefill, batches, runs, json_path):
     """Measure decode, prefill and batched throughput of ARTIFACT (medians of interleaved runs)."""

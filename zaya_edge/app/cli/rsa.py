@@ -140,7 +140,8 @@ def _eval_temperature_help() -> str:
     from zaya_edge.app.eval import GREEDY
     from zaya_edge.runtime.rsa import MarkovianRSA
 
-    return f"[default: {GREEDY:g} (greedy) for single, {MarkovianRSA().temperature:g} for rsa]"
+    rsa = {f.name: f.default for f in dataclasses.fields(MarkovianRSA)}["temperature"]
+    return f"[default: {GREEDY:g} (greedy) for single, {rsa:g} for rsa]"
 
 
 @click.command("eval")

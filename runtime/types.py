@@ -52,6 +52,8 @@ class SamplingParams:
             raise RequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise RequestError(f"seed must be in [0, 2**64), got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)

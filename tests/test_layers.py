@@ -4,6 +4,7 @@
     runtime/         zaya_edge.runtime: onnxruntime + numpy + tokenizers, never torch
     export/          zaya_edge.export: torch, transformers, onnx-ir
     zaya_edge/app/   the only layer that imports both export and runtime (and __main__.py)
+    zaya_edge/hf/    an adapter beside the app layer: runtime + transformers, never the exporter
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def _layer_files(layer: str) -> list[Path]:
         return sorted(p for p in (ROOT / "zaya_edge").glob("*.py") if p != entry)
     if layer == "app":
         return sorted((ROOT / "zaya_edge" / "app").rglob("*.py")) + [entry]
+    if layer == "hf":
+        return sorted((ROOT / "zaya_edge" / "hf").rglob("*.py"))
     return sorted((ROOT / layer).rglob("*.py"))
 
 
@@ -67,9 +70,10 @@ def _offenders(layer: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("layer, forbidden", [
-    ("contract", ("zaya_edge.export", "zaya_edge.runtime", "zaya_edge.app", *TORCH_SIDE)),
-    ("runtime", ("zaya_edge.export", "zaya_edge.app", *TORCH_SIDE)),
-    ("export", ("zaya_edge.runtime", "zaya_edge.app")),
+    ("contract", ("zaya_edge.export", "zaya_edge.runtime", "zaya_edge.app", "zaya_edge.hf", *TORCH_SIDE)),
+    ("runtime", ("zaya_edge.export", "zaya_edge.app", "zaya_edge.hf", *TORCH_SIDE)),
+    ("export", ("zaya_edge.runtime", "zaya_edge.app", "zaya_edge.hf")),
+    ("hf", ("zaya_edge.export", "zaya_edge.app")),
 ])
 def test_layer_imports(layer, forbidden):
     assert _offenders(layer, forbidden) == []
@@ -86,7 +90,7 @@ def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
 
 
 def test_only_the_app_layer_imports_both_sides():
-    both = [p for layer in ("contract", "runtime", "export") for p in _layer_files(layer)
+    both = [p for layer in ("contract", "runtime", "export", "hf") for p in _layer_files(layer)
             if any(n.startswith("zaya_edge.export") for n in _imports(p))
             and any(n.startswith("zaya_edge.runtime") for n in _imports(p))]
     assert both == []

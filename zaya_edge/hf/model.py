@@ -1,0 +1,180 @@
+"""ZayaORTForCausalLM: a zaya-edge artifact behind transformers' `generate()` and pipelines.
+
+The session is the runtime's DecoderSession (Artifact.open_session: custom ops, IO checks), so
+there is one way to run an artifact; this class only converts tensors and keeps the states in
+a ZayaStateCache between the calls generate() makes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from transformers import AutoConfig, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from zaya_edge import artifact as A
+from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
+from zaya_edge.runtime import Engine
+from zaya_edge.runtime.session import DecoderSession
+from zaya_edge.runtime.tokenizer import Tokenizer
+
+from .cache import ZayaStateCache
+
+UNSUPPORTED = ("inputs_embeds", "labels", "output_attentions", "output_hidden_states", "output_router_logits")
+
+# generate() hands the states around as `cache` from transformers 5.24 on, as `past_key_values`
+# before; the name follows the installed version (the forward takes both).
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# pipeline("text-generation") checks the model's class name against this table and logs an
+# error with every supported name when it is absent; the key is no config's model type, so
+# the Auto classes never resolve it.
+MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("zaya_edge_ort", "ZayaORTForCausalLM")
+
+
+class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
+    """An artifact's decoder graph as a transformers causal LM (CPU tensors in and out)."""
+
+    main_input_name = "input_ids"
+    base_model_prefix = "zaya"
+    _is_stateful = True  # transformers refuses assisted decoding itself, with its own message
+
+    def __init__(self, session: DecoderSession, config, generation_config: GenerationConfig):
+        super().__init__(config)
+        self.session = session
+        self.artifact = session.artifact
+        self.generation_config = generation_config
+        self._output_names = [o.name for o in session.session.get_outputs()]
+
+    @classmethod
+    def from_pretrained(cls, artifact_dir: str | os.PathLike | A.Artifact, *, threads: int | None = None,
+                        provider: str = "cpu", custom_ops: str | bool | None = None,
+                        verify: bool = False) -> "ZayaORTForCausalLM":
+        """Open an artifact folder: its config.json, generation config and graph session.
+
+        `custom_ops`: None uses the native kernels when built, False the graph's function
+        bodies, a path that library (as everywhere in zaya-edge).
+        """
+        session = DecoderSession(artifact_dir, threads=threads, provider=provider, verify=verify,
+                                 custom_ops=custom_ops)
+        config = _model_config(session.artifact)
+        return cls(session, config, _generation_config(session, config))
+
+    # ---- what generate() and pipelines read ---------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # onnxruntime copies in and out; tensors stay on the host
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def uses_native_kernels(self) -> bool:
+        return self.session.uses_native_kernels
+
+    def save_pretrained(self, *args, **kwargs):
+        raise RequestError("an artifact folder is already the saved model: copy it, or re-export with zaya-edge export")
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
+        """generate() gets a ZayaStateCache (a DynamicCache has nowhere for the CCA states)."""
+        if model_kwargs.get(CACHE_KEY) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_KEY] = self.new_cache()
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)  # a caller's cache
+
+    def new_cache(self) -> ZayaStateCache:
+        return ZayaStateCache(self.artifact.dims, self.artifact.context_length)
+
+    # ---- the call --------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: ZayaStateCache | None = None, use_cache: bool | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
+        """Run the graph on new tokens; positions come from the mask (RoPE counts real tokens).
+
+        `cache` is updated in place and returned (a new one when None and `use_cache`).
+        """
+        asked = [k for k in UNSUPPORTED if kwargs.get(k) not in (None, False)]
+        if asked:
+            raise RequestError(f"{asked[0]} is not supported: the artifact's graph returns logits and states only")
+        cache = cache if cache is not None else kwargs.get("past_key_values")  # the name before 5.24
+        kept = cache if cache is not None else self.new_cache()
+        if not isinstance(kept, ZayaStateCache):
+            raise RequestError(f"cache must be a ZayaStateCache (model.new_cache()), got {type(kept).__name__}")
+        ids = _host_array(input_ids)
+        if ids.ndim != 2 or not ids.size:
+            raise RequestError(f"input_ids must be [batch, sequence] with at least one token, got {list(ids.shape)}")
+        past = kept.get_seq_length()
+        mask = _host_array(attention_mask) if attention_mask is not None else np.ones((ids.shape[0], past + ids.shape[1]), np.int64)
+        self._check(ids, mask, past)
+        logits, states = self._run(ids, mask, kept.feeds(ids.shape[0]))
+        kept.store(states)
+        keep = use_cache if use_cache is not None else self.config.use_cache
+        out = {CACHE_KEY: kept if keep or cache is not None else None}
+        return CausalLMOutputWithPast(logits=torch.from_numpy(logits), **out)
+
+    def _check(self, ids: np.ndarray, mask: np.ndarray, past: int) -> None:
+        if mask.shape != (ids.shape[0], past + ids.shape[1]):
+            raise RequestError(f"attention_mask must be [batch, {past} past + {ids.shape[-1]} new] columns, "
+                               f"got {list(mask.shape)} for input_ids {list(ids.shape)}")
+        if (ids.min() < 0 or ids.max() >= self.artifact.dims.vocab_size):
+            raise RequestError(f"a token id is outside the vocabulary (size {self.artifact.dims.vocab_size})")
+        if mask.shape[1] > self.artifact.context_length:
+            raise ContextFullError(f"context full: {mask.shape[1]} positions needed, "
+                                   f"the artifact supports {self.artifact.context_length}")
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
+        """One graph call; several tokens over a past go row by row when batch > 1.
+
+        onnxruntime's CPU GroupQueryAttention takes several new tokens over a past only for
+        one row (runtime/batch.py prefills aside for the same reason).
+        """
+        n = ids.shape[0]
+        if n > 1 and ids.shape[1] > 1 and mask.shape[1] > ids.shape[1]:
+            parts = [self._run(ids[r : r + 1], mask[r : r + 1], {k: v[r : r + 1] for k, v in past.items()})
+                     for r in range(n)]
+            states = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+            return np.concatenate([p[0] for p in parts]), states
+        feed = {A.INPUT_IDS: ids, A.ATTENTION_MASK: mask, **past}
+        outputs = dict(zip(self._output_names, self.session.session.run(None, feed)))
+        return outputs[A.LOGITS], A.next_state(self.artifact.dims, outputs)
+
+
+def _host_array(tensor) -> np.ndarray:
+    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _model_config(artifact: A.Artifact):
+    """transformers' config from the artifact's config.json (its `zaya` model type)."""
+    try:
+        config = AutoConfig.from_pretrained(str(artifact.path(A.CONFIG_FILE)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unreadable(artifact, A.CONFIG_FILE, exc) from None
+    config.use_cache = True
+    return config
+
+
+def _generation_config(session: DecoderSession, config) -> GenerationConfig:
+    """generation_config.json when listed, with the runtime's stop tokens (as `zaya-edge run`)."""
+    artifact = session.artifact
+    gen = GenerationConfig.from_model_config(config)
+    if artifact.has(A.GENERATION_CONFIG_FILE):
+        artifact.path(A.GENERATION_CONFIG_FILE)  # listed and confined to the folder
+        try:
+            gen = GenerationConfig.from_pretrained(artifact.folder, config_file_name=A.GENERATION_CONFIG_FILE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _unreadable(artifact, A.GENERATION_CONFIG_FILE, exc) from None
+    eos = Engine(session, Tokenizer.from_artifact(artifact)).eos_token_ids
+    gen.eos_token_id = eos if len(eos) > 1 else eos[0]
+    if gen.pad_token_id is None:
+        gen.pad_token_id = artifact.dims.pad_token_id if artifact.dims.pad_token_id is not None else eos[0]
+    return gen
+
+
+def _unreadable(artifact: A.Artifact, name: str, exc: Exception) -> ArtifactError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ArtifactError(f"{name} in {artifact.folder} cannot be read by transformers (zaya needs >=5.23): {first}")

@@ -34,10 +34,10 @@ def main(ctx, debug):
     ctx.meta["debug"] = debug
 
 
-from . import artifact_tools, export, generate, rsa  # noqa: E402  (the commands)
+from . import artifact_tools, export, generate, rsa, serve  # noqa: E402  (the commands)
 
 for command in (export.export, artifact_tools.quality, rsa.solve, generate.run, generate.chat,
-                artifact_tools.inspect, rsa.eval_, artifact_tools.bench):
+                artifact_tools.inspect, rsa.eval_, artifact_tools.bench, serve.serve):
     main.add_command(command)
 
 if __name__ == "__main__":

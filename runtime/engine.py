@@ -71,6 +71,11 @@ class Engine:
     def context_length(self) -> int:
         return self.manifest.context_length
 
+    @property
+    def model_id(self) -> str:
+        """The sha256 of the artifact's manifest: names the model (and its files, by their hashes)."""
+        return self.session.artifact.manifest_sha256
+
     def cache_bytes_per_sequence(self, length: int) -> int:
         return self.dims.kv_bytes_per_token * length + self.dims.fixed_state_bytes
 
@@ -79,6 +84,8 @@ class Engine:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise RequestError("empty prompt")
+            if not chat:
+                self.codec.check_fits(prompt)  # before tokenizing: the chat path's template is bounded the same
             ids = self.codec.chat_prompt(prompt) if chat else self.codec.encode(prompt, add_special_tokens=True)
         else:
             ids = list(prompt)  # checked as they are: 2.7 is refused, not read as 2

@@ -7,6 +7,7 @@ fake engine in tests can stand in for the real one.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable, Protocol, Sequence
 
 from zaya_edge.errors import RequestError
@@ -16,6 +17,17 @@ def check_temperature(value: float) -> float:
     """One rule for every sampler setting that carries a temperature (0 = greedy)."""
     if not (value >= 0):
         raise RequestError(f"temperature must be >= 0, got {value}")
+    return value
+
+
+SEED_LIMIT = 2**64  # a seed is in [0, 2**64): what the samplers' SeedSequence is fed
+
+
+def check_seed(value: int | None, name: str = "seed") -> int | None:
+    """One rule for every seed a caller gives (None = draw one)."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if value is not None and (not integral or not 0 <= value < SEED_LIMIT):
+        raise RequestError(f"{name} must be an integer in [0, 2**64), got {value!r}")
     return value
 
 
@@ -52,8 +64,7 @@ class SamplingParams:
             raise RequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            raise RequestError(f"seed must be in [0, 2**64), got {self.seed}")
+        check_seed(self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +112,7 @@ class BatchGenerator(Protocol):
 
     codec: TextCodec
     context_length: int
+    model_id: str  # names the model (an artifact: its manifest's sha256); a checkpoint resumes only on it
 
     def generate_batch(
         self,

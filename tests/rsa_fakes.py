@@ -39,8 +39,9 @@ def default_script(prompt, seed):
 class FakeEngine:
     """Scripted BatchGenerator: records every batch, reports one progress call per decode step."""
 
-    def __init__(self, script=default_script, context_length=100_000, interrupt_at=None, bytes_per_token=10):
-        self.codec, self.context_length = CharCodec(), context_length
+    def __init__(self, script=default_script, context_length=100_000, interrupt_at=None, bytes_per_token=10,
+                 model_id="fake-model"):
+        self.codec, self.context_length, self.model_id = CharCodec(), context_length, model_id
         self.script, self.interrupt_at, self.bytes_per_token = script, interrupt_at, bytes_per_token
         self.calls, self.outputs = [], []
 

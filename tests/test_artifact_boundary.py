@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import pytest
 
+from fuzz_util import CRAFTED, edit_manifest, mutated
+
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError
+from zaya_edge.ort_session import _check_io
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 
@@ -22,13 +27,6 @@ def art(tiny_artifact, tmp_path):
     dst = tmp_path / "art"
     shutil.copytree(tiny_artifact[1], dst)
     return dst
-
-
-def _edit_manifest(folder, edit):
-    path = folder / A.MANIFEST_FILE
-    data = json.loads(path.read_text())
-    data = edit(data) or data
-    path.write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -42,7 +40,7 @@ def _edit_manifest(folder, edit):
     (lambda m: m["dims"].update(vocab_size=999), "do not match the manifest"),
 ])
 def test_a_malformed_manifest_is_one_line(art, edit, needle):
-    _edit_manifest(art, edit)
+    edit_manifest(art, edit)
     with pytest.raises(ArtifactError, match=needle) as info:
         A.Artifact.open(art)
     assert "\n" not in str(info.value)
@@ -50,7 +48,7 @@ def test_a_malformed_manifest_is_one_line(art, edit, needle):
 
 @pytest.mark.parametrize("name", ["../outside.bin", "/etc/hostname", "sub/model.onnx", ".."])
 def test_listed_names_must_be_plain_files_of_the_folder(art, name):
-    _edit_manifest(art, lambda m: m["files"].update({name: {"bytes": 1, "sha256": "0" * 64}}))
+    edit_manifest(art, lambda m: m["files"].update({name: {"bytes": 1, "sha256": "0" * 64}}))
     with pytest.raises(ArtifactError, match="plain file name"):
         A.Artifact.open(art)
 
@@ -81,7 +79,7 @@ def test_an_unlisted_template_is_never_used(art):
 
 
 def test_verify_refuses_a_manifest_that_lists_nothing(art):
-    _edit_manifest(art, lambda m: m.update(files={}))
+    edit_manifest(art, lambda m: m.update(files={}))
     with pytest.raises(ArtifactError, match="lists no files"):
         A.Artifact.open(art, verify=True)
 
@@ -92,22 +90,6 @@ def test_an_oversized_manifest_is_refused_before_parsing(art):
         A.Artifact.open(art)
 
 
-def _mutate(value, rng):
-    """One random change somewhere in a JSON value: a type swap, a deletion or garbage."""
-    if isinstance(value, dict) and value and rng.random() < 0.8:
-        key = rng.choice(sorted(value))
-        if rng.random() < 0.2:
-            del value[key]
-        else:
-            value[key] = _mutate(value[key], rng)
-        return value
-    if isinstance(value, list) and value and rng.random() < 0.8:
-        i = rng.randrange(len(value))
-        value[i] = _mutate(value[i], rng)
-        return value
-    return rng.choice([None, True, -1, 0, 2**70, 1.5, float("inf"), "", "x" * 50, [], {}, [1, "a"], {"a": 1}])
-
-
 def test_random_manifests_and_bytes_give_one_line_or_success(art):
     """A fuzz: 300 mutated manifests and 50 random byte strings; only ArtifactError may escape."""
     original = json.loads((art / A.MANIFEST_FILE).read_text())
@@ -115,7 +97,7 @@ def test_random_manifests_and_bytes_give_one_line_or_success(art):
     outcomes = {"ok": 0, "refused": 0}
     for trial in range(350):
         if trial < 300:
-            text = json.dumps(_mutate(json.loads(json.dumps(original)), rng))
+            text = json.dumps(mutated(original, rng))
             (art / A.MANIFEST_FILE).write_text(text)
         else:
             (art / A.MANIFEST_FILE).write_bytes(rng.randbytes(rng.randrange(1, 400)))
@@ -126,3 +108,57 @@ def test_random_manifests_and_bytes_give_one_line_or_success(art):
             assert "\n" not in str(exc)
             outcomes["refused"] += 1
     assert outcomes["refused"] > 250  # almost every mutation must be caught
+    for text in CRAFTED:  # deep nesting and a 5000-digit number were a RecursionError / ValueError
+        (art / A.MANIFEST_FILE).write_text(text, encoding="utf-8")
+        with pytest.raises(ArtifactError) as info:
+            A.Artifact.open(art)
+        assert "\n" not in str(info.value)
+
+
+def _logits_of_vocab(vocab):
+    def edit(m):
+        m["dims"]["vocab_size"] = vocab
+        next(o for o in m["outputs"] if o[0] == A.LOGITS)[2][-1] = vocab
+    return edit
+
+
+def test_a_manifest_edited_consistently_is_refused_against_the_graph(art):
+    """Dims and IO changed together pass the manifest's own check; the graph still tells (it did not)."""
+    edit_manifest(art, _logits_of_vocab(999))
+    artifact = A.Artifact.open(art)  # the manifest agrees with itself
+    with pytest.raises(ArtifactError, match=r"graph output logits is float32 \['batch', 1, 999\] in the manifest but "
+                                            r"tensor\(float\) \['batch', 1, \d+\] in model.onnx") as info:
+        artifact.open_session()
+    assert "\n" not in str(info.value)
+
+
+class _Arg(NamedTuple):
+    name: str
+    type: str
+    shape: list
+
+
+def _fake_session(art, change):
+    artifact = A.Artifact.open(art)
+    types = {"int64": "tensor(int64)", "float32": "tensor(float)"}
+    ins = [_Arg(s.name, types[s.dtype], list(s.shape)) for s in artifact.manifest.inputs]
+    outs = [_Arg(s.name, types[s.dtype], list(s.shape)) for s in artifact.manifest.outputs]
+    change(ins, outs)
+    return SimpleNamespace(get_inputs=lambda: ins, get_outputs=lambda: outs), artifact.manifest
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda i, o: None, None),
+    (lambda i, o: i.__setitem__(0, i[0]._replace(type="tensor(int32)")), "graph input input_ids is int64"),
+    (lambda i, o: o.__setitem__(1, o[1]._replace(shape=["batch", 3, "present_sequence", 32])), "output present.0"),
+    (lambda i, o: i.__setitem__(2, i[2]._replace(shape=["batch", "heads", "past_sequence", 32])), "past_key_values.0"),
+    (lambda i, o: o.__setitem__(0, o[0]._replace(shape=["batch", 1])), "graph output logits"),
+    (lambda i, o: i.pop(), "missing"),
+])
+def test_graph_dtypes_and_static_dims_are_checked(art, change, needle):
+    session, manifest = _fake_session(art, change)
+    if needle is None:
+        _check_io(session, manifest)
+        return
+    with pytest.raises(ArtifactError, match=needle):
+        _check_io(session, manifest)

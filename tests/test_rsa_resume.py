@@ -98,8 +98,9 @@ def test_checkpoint_from_other_settings_or_problem_is_refused(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{not json", "is corrupt"),
     ('{"format": "something else"}', "is corrupt"),
-    ('{"format": "zaya-edge-rsa-checkpoint", "version": 1, "params": {"seed": 1}, "rounds": [{"x": 1}]}',
-     "is corrupt"),
+    (json.dumps({"format": "zaya-edge-rsa-checkpoint", "version": 2, "params": {"seed": 1}, "problem": PROBLEM,
+                 "model": "fake-model", "rounds": [{"x": 1}], "selection": None}),
+     r"is corrupt \(rounds\[0\]: unknown field 'x'\)"),
     (b"\xff\xfe\x00garbage", "cannot read checkpoint"),
 ])
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, content, message):
@@ -122,7 +123,7 @@ def test_in_memory_checkpoint_resumes_like_a_file():
     with pytest.raises(SolveInterrupted) as info:
         rsa().solve(FakeEngine(interrupt_at=3), PROBLEM, checkpoint=store)
     assert info.value.completed_rounds == 2 and "in-memory checkpoint" in str(info.value)
-    assert (store.record["format"], store.record["version"]) == ("zaya-edge-rsa-checkpoint", 1)
+    assert (store.record["format"], store.record["version"]) == ("zaya-edge-rsa-checkpoint", 2)
     engine = FakeEngine()
     resumed = rsa().solve(engine, PROBLEM, checkpoint=store)
     assert len(engine.calls) == 1 and population(resumed) == population(straight)
@@ -134,8 +135,8 @@ def test_checkpoint_record_round_trips_and_refuses_other_versions():
     saved = Checkpoint.from_dict(store.load(), extract_boxed, "here")
     assert saved.to_dict() == store.load() and saved.selection is not None and len(saved.rounds) == 3
     assert json.loads(json.dumps(saved.to_dict())) == saved.to_dict()
-    with pytest.raises(ZayaEdgeError, match=r"checkpoint here is corrupt \(format .* version 2; this runtime reads"):
-        Checkpoint.from_dict({**store.load(), "version": 2}, lambda text: None, "here")
+    with pytest.raises(ZayaEdgeError, match=r"checkpoint here is corrupt \(format .* version 3; this runtime reads"):
+        Checkpoint.from_dict({**store.load(), "version": 3}, lambda text: None, "here")
     with pytest.raises(ZayaEdgeError, match=r"checkpoint here is corrupt \(its rounds are not numbered"):
         Checkpoint.from_dict({**store.load(), "rounds": store.load()["rounds"][1:]}, lambda text: None, "here")
 

@@ -70,9 +70,10 @@ def file_record(path: Path) -> FileRecord:
 class Artifact:
     """An opened artifact folder: its typed manifest and the files it lists."""
 
-    def __init__(self, folder: Path, manifest: Manifest):
+    def __init__(self, folder: Path, manifest: Manifest, manifest_sha256: str):
         self.folder = folder
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256  # names the model: what an RSA checkpoint records
 
     @classmethod
     def open(cls, folder: str | Path, *, verify: bool = False) -> "Artifact":
@@ -83,11 +84,12 @@ class Artifact:
         path = folder / MANIFEST_FILE
         if not path.exists():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}: not a zaya-edge artifact")
+        raw = _read_bounded(folder, MANIFEST_FILE, MAX_MANIFEST_BYTES)
         try:
-            text = _read_bounded(folder, MANIFEST_FILE, MAX_MANIFEST_BYTES).decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ArtifactError(f"{path} is not UTF-8 text: not a zaya-edge manifest") from None
-        artifact = cls(folder, Manifest.parse(text, str(path)))
+        artifact = cls(folder, Manifest.parse(text, str(path)), hashlib.sha256(raw).hexdigest())
         artifact._check_sizes()
         if verify:
             artifact.verify()
@@ -159,7 +161,7 @@ class Artifact:
     def _read_json(self, name: str) -> dict:
         try:
             data = json.loads(_read_bounded(self.folder, self.path(name).name, MAX_MANIFEST_BYTES).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a number past the digit limit
             raise ArtifactError(f"{name} in {self.folder} cannot be read: {exc}") from None
         if not isinstance(data, dict):
             raise ArtifactError(f"{name} in {self.folder} is not a JSON object")

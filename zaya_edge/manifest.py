@@ -18,7 +18,7 @@ from zaya_edge.errors import ArtifactError
 from zaya_edge.graph_io import io_spec
 from zaya_edge.typed_json import decode
 
-FORMAT_VERSION = 2  # 2: dims as ZayaDims fields, typed source record
+FORMAT_VERSION = 3  # 2: dims as ZayaDims fields, typed source record; 3: dims gain hidden_act, rope_type, rope_scaling
 PRECISIONS = ("fp32", "int8", "int4")
 MANIFEST_FILE = "zaya_edge.json"
 
@@ -68,7 +68,7 @@ class Manifest:
     def parse(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, or a number past the digit limit
             raise ArtifactError(f"{where} is corrupt: {exc}") from None
         if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(

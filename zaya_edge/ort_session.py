@@ -65,12 +65,34 @@ def open_decoder_session(artifact: "A.Artifact", *, threads: int | None = None, 
 
 
 def _check_io(session: ort.InferenceSession, manifest) -> None:
-    graph_in = {i.name: len(i.shape) for i in session.get_inputs()}
-    graph_out = {o.name: len(o.shape) for o in session.get_outputs()}
-    for kind, declared, actual in (("input", manifest.inputs, graph_in), ("output", manifest.outputs, graph_out)):
-        want = {spec.name: len(spec.shape) for spec in declared}
-        if want != actual:
-            missing = sorted(set(want) - set(actual)) or sorted(n for n in want if want[n] != actual.get(n))
-            extra = sorted(set(actual) - set(want))
+    """The graph's inputs and outputs are the manifest's: names, then each one's dtype and static dims.
+
+    The manifest is checked against its own dims when parsed; this holds it to the graph too, so a
+    manifest edited consistently (dims and IO together) is refused at load, not at the first step.
+    """
+    for kind, declared, args in (("input", manifest.inputs, session.get_inputs()),
+                                 ("output", manifest.outputs, session.get_outputs())):
+        graph = {a.name: a for a in args}
+        want = {spec.name: spec for spec in declared}
+        missing, extra = sorted(set(want) - set(graph)), sorted(set(graph) - set(want))
+        if missing or extra:
             detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
             raise ArtifactError(f"graph {kind}s do not match the manifest ({detail}): artifact is inconsistent")
+        for spec in declared:
+            arg = graph[spec.name]
+            if not _same_tensor(spec, arg.type, arg.shape):
+                raise ArtifactError(
+                    f"graph {kind} {spec.name} is {spec.dtype} {list(spec.shape)} in the "
+                    f"manifest but {arg.type} {list(arg.shape)} in {A.MODEL_FILE}: artifact is inconsistent")
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)",
+              "int64": "tensor(int64)", "int32": "tensor(int32)", "int8": "tensor(int8)", "uint8": "tensor(uint8)",
+              "bool": "tensor(bool)"}
+
+
+def _same_tensor(spec, graph_type: str, graph_shape) -> bool:
+    """Same element type and rank, and every dim that either side fixes to a number is that number."""
+    if _ORT_TYPES.get(spec.dtype) != graph_type or len(spec.shape) != len(graph_shape):
+        return False
+    return all(m == g for m, g in zip(spec.shape, graph_shape) if isinstance(m, int) or isinstance(g, int))

@@ -11,11 +11,15 @@ import copy
 import dataclasses
 from typing import Callable, Protocol
 
-from zaya_edge.errors import CheckpointError
+from zaya_edge.errors import ArtifactError, CheckpointError
+from zaya_edge.runtime.types import SEED_LIMIT
+from zaya_edge.typed_json import decode
 
 from .prompts import THINK_END
 
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "zaya-edge-rsa-checkpoint", 1
+# 2: the record names the model (BatchGenerator.model_id), rounds and candidates are typed.
+# A version 1 record is refused: it cannot say which model made it.
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "zaya-edge-rsa-checkpoint", 2
 
 
 @dataclasses.dataclass
@@ -71,10 +75,22 @@ class RoundRecord:
         return {**dataclasses.asdict(self), "candidates": [dataclasses.asdict(c) for c in self.candidates]}
 
     @classmethod
-    def from_dict(cls, d: dict, extractor: Callable[[str], str | None]) -> RoundRecord:
-        """Answers are extracted again, so a resumed solve may bring its own extractor."""
-        cands = [Candidate(**{**c, "answer": extractor(c["text"])}) for c in d["candidates"]]
-        return cls(**{**d, "candidates": cands})
+    def from_dict(cls, d, extractor: Callable[[str], str | None], where: str = "round") -> RoundRecord:
+        """Every field checked against its type (ArtifactError naming it); answers are extracted
+        again, so a resumed solve may bring its own extractor."""
+        record = decode(cls, d, where)
+        cands = [dataclasses.replace(c, answer=extractor(c.text)) for c in record.candidates]
+        return dataclasses.replace(record, candidates=cands)
+
+    def check_shape(self, kind: str, candidates: int) -> str | None:
+        """What is wrong with this record as a stage of `kind` with `candidates` candidates, or None."""
+        if self.kind != kind:
+            return f"round {self.round} is a {self.kind!r} stage, not {kind!r}"
+        if len(self.candidates) != candidates:
+            return f"round {self.round} holds {len(self.candidates)} candidates, not {candidates}"
+        if [c.index for c in self.candidates] != list(range(candidates)):
+            return f"the candidates of round {self.round} are not numbered 0, 1, ... in order"
+        return None
 
 
 @dataclasses.dataclass
@@ -162,10 +178,11 @@ class MemoryCheckpoint:
 
 @dataclasses.dataclass
 class Checkpoint:
-    """A solve's completed rounds, and what a resume must agree with (the problem, the settings)."""
+    """A solve's completed rounds, and what a resume must agree with (problem, model, settings)."""
 
     problem: str
     params: dict  # MarkovianRSA.identity(seed)
+    model: str  # BatchGenerator.model_id of the engine that made the rounds
     rounds: list[RoundRecord]
     selection: RoundRecord | None = None
 
@@ -175,34 +192,57 @@ class Checkpoint:
 
     def to_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "problem": self.problem,
-                "params": self.params, "rounds": [r.to_dict() for r in self.rounds],
+                "params": self.params, "model": self.model, "rounds": [r.to_dict() for r in self.rounds],
                 "selection": self.selection.to_dict() if self.selection else None}
 
     @classmethod
     def from_dict(cls, data, extractor: Callable[[str], str | None], where: str) -> Checkpoint:
         """Rebuild a saved record; a malformed one, or one of another format version, is one clear error."""
         try:
-            return cls._parse(data, extractor)
+            return cls._parse(data, extractor, where)
         except KeyError as exc:
             raise CheckpointError(f"checkpoint {where} is corrupt (no field {exc})") from None
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (ArtifactError, AttributeError, TypeError, ValueError) as exc:  # ArtifactError: typed_json's
             raise CheckpointError(f"checkpoint {where} is corrupt ({exc})") from None
 
     @classmethod
-    def _parse(cls, data, extractor) -> Checkpoint:
+    def _parse(cls, data, extractor, where: str) -> Checkpoint:
         if not isinstance(data, dict):
             raise TypeError(f"a record is an object, not {type(data).__name__}")
         found = (data.get("format"), data.get("version"))
+        if found == (CHECKPOINT_FORMAT, 1):
+            raise CheckpointError(f"checkpoint {where} was written by an earlier zaya-edge (record version 1, "
+                                  f"which does not name the model); re-run without the checkpoint")
         if found != (CHECKPOINT_FORMAT, CHECKPOINT_VERSION):
             raise ValueError(f"format {found[0]!r} version {found[1]!r}; this runtime reads "
                              f"{CHECKPOINT_FORMAT!r} version {CHECKPOINT_VERSION}")
-        params, problem = data["params"], data["problem"]
-        if not isinstance(params, dict) or not isinstance(params.get("seed"), int):
-            raise ValueError("its params hold no integer seed")
-        if not isinstance(problem, str):
-            raise TypeError("its problem is not text")
-        rounds = [RoundRecord.from_dict(r, extractor) for r in data["rounds"]]
+        params, problem, model = data["params"], data["problem"], data["model"]
+        seed = params.get("seed") if isinstance(params, dict) else None
+        if type(seed) is not int or not 0 <= seed < SEED_LIMIT:
+            raise ValueError("its params hold no seed in [0, 2**64)")
+        if not isinstance(problem, str) or not isinstance(model, str):
+            raise TypeError("its problem or model is not text")
+        if not isinstance(data["rounds"], list):
+            raise TypeError("its rounds are not a list")
+        rounds = [RoundRecord.from_dict(r, extractor, f"rounds[{i}]") for i, r in enumerate(data["rounds"])]
         if [r.round for r in rounds] != list(range(len(rounds))):
             raise ValueError("its rounds are not numbered 0, 1, ... in order")
-        selection = data["selection"] and RoundRecord.from_dict(data["selection"], extractor)
-        return cls(problem=problem, params=params, rounds=rounds, selection=selection or None)
+        selection = data["selection"]
+        if selection is not None:
+            selection = RoundRecord.from_dict(selection, extractor, "selection")
+        return cls(problem=problem, params=params, model=model, rounds=rounds, selection=selection)
+
+    def check_shape(self, population: int, rounds: int, where: str) -> None:
+        """Refuse a record that is not a run of this shape: at most T + 1 rounds of N candidates (round 0
+        the rollout), and a selection (one candidate) only after the last round."""
+        problems = [r.check_shape("rollout" if r.round == 0 else "aggregate", population) for r in self.rounds]
+        if len(self.rounds) > rounds + 1:
+            problems.insert(0, f"{len(self.rounds)} rounds, more than rounds + 1 = {rounds + 1}")
+        if self.selection is not None:
+            if len(self.rounds) != rounds + 1 or self.selection.round != rounds + 1:
+                problems.append(f"a selection (round {self.selection.round}) after {len(self.rounds)} of "
+                                f"{rounds + 1} rounds")
+            problems.append(self.selection.check_shape("select", 1))
+        problem = next((p for p in problems if p), None)
+        if problem:
+            raise CheckpointError(f"checkpoint {where} is corrupt ({problem})")

@@ -61,6 +61,10 @@ def run(
     if checkpoint is not None and not all(callable(getattr(checkpoint, m, None)) for m in ("load", "save")):
         raise RequestError(f"checkpoint must be a store with load() and save() (a CheckpointStore), "
                            f"got {type(checkpoint).__name__}")
+    model = getattr(engine, "model_id", None)
+    if checkpoint is not None and not (isinstance(model, str) and model):
+        raise RequestError(f"a checkpoint needs an engine that names its model (BatchGenerator.model_id); "
+                           f"{type(engine).__name__} has model_id {model!r}")
     return _Solve(settings, engine, problem, checkpoint).run(on_progress or (lambda p: None))
 
 
@@ -74,6 +78,7 @@ class _Solve:
     def __init__(self, settings: MarkovianRSA, engine: BatchGenerator, problem: str, store: CheckpointStore | None):
         self.s, self.engine, self.problem, self.store = settings, engine, problem, store
         self.where = None if store is None else str(store)
+        self.model = getattr(engine, "model_id", None)
 
     def run(self, progress) -> SolveResult:
         seed, rounds, selection = self._restore()
@@ -214,7 +219,8 @@ class _Solve:
         if selection is not None and selection.candidates[0].answer is not None:
             winner = selection.candidates[0]
             answer, chosen, by = winner.answer, (selection.round, 0), "aggregate"
-        params = {**self.s.identity(seed), "select": self.s.select, "max_memory": self.s.max_memory}
+        params = {**self.s.identity(seed), "select": self.s.select, "max_memory": self.s.max_memory,
+                  "model": self.model}
         return SolveResult(answer=answer, trace=winner.text, winner=chosen, selected_by=by, votes=votes,
                            rounds=rounds, selection=selection, problem=self.problem, params=params,
                            resumed_rounds=resumed)
@@ -229,17 +235,26 @@ class _Solve:
         saved = Checkpoint.from_dict(record, self.s.extractor, self.where)
         if saved.problem != self.problem:
             raise CheckpointError(f"checkpoint {self.where} is for a different problem; use another checkpoint")
+        if saved.model != self.model:
+            raise CheckpointError(f"checkpoint {self.where} was made with another model ({_short(saved.model)} "
+                                  f"there, {_short(self.model)} here); use that artifact or another checkpoint")
         seed = saved.seed if self.s.seed is None else self.s.seed
         diff = [f"{k} {saved.params.get(k)!r} there, {v!r} here"
                 for k, v in self.s.identity(seed).items() if saved.params.get(k) != v]
         if diff:
             raise CheckpointError(f"checkpoint {self.where} was made with other settings ({'; '.join(diff)}); "
                                 f"use the same settings or another checkpoint")
+        saved.check_shape(self.s.population, self.s.rounds, self.where)
         return seed, saved.rounds, saved.selection
 
     def _save(self, seed, rounds, selection) -> None:
         if self.store is not None:
-            self.store.save(Checkpoint(self.problem, self.s.identity(seed), rounds, selection).to_dict())
+            self.store.save(Checkpoint(self.problem, self.s.identity(seed), self.model, rounds, selection).to_dict())
+
+
+def _short(model_id: str) -> str:
+    """A model id for a message: a manifest hash by its first 12 digits."""
+    return repr(model_id if len(model_id) <= 16 else model_id[:12] + "...")
 
 
 def _waves(costs: Sequence[int], max_memory: int | None) -> list[list[int]]:

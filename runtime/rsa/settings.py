@@ -7,7 +7,7 @@ import hashlib
 from typing import Callable
 
 from zaya_edge.errors import RequestError
-from zaya_edge.runtime.types import BatchGenerator, check_temperature, check_top_p
+from zaya_edge.runtime.types import BatchGenerator, check_seed, check_temperature, check_top_p
 
 from .prompts import check_template, default_template, extract_boxed
 from .records import CheckpointStore, SolveResult
@@ -70,6 +70,7 @@ class MarkovianRSA:
                 raise RequestError(message)
         check_temperature(self.temperature)
         check_top_p(self.top_p)
+        check_seed(self.seed)
         if self.template is not None:
             check_template(self.template, "text")
 

@@ -4,10 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 $(BIN)/.installed: pyproject.toml
+	@echo "==> 1/3 creating $(VENV) with $(PY)"
 	$(PY) -m venv $(VENV)
+	@echo "==> 2/3 upgrading pip"
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,dev]'
+	@echo "==> 3/3 installing zaya-edge with the export and dev extras (torch, transformers, onnx: a few minutes)"
+	$(BIN)/pip install -e '.[export,dev]'
 	touch $@
+	@echo "==> installed: . $(VENV)/bin/activate puts zaya-edge on PATH"
 
 install: $(BIN)/.installed
 

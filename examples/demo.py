@@ -4,12 +4,15 @@ examples/tiny-reasoner/checkpoint is a 2M-parameter ZayaForCausalLM (the real ar
 shrunk) trained to add numbers with a short <think> trace — see examples/tiny-reasoner/train.py.
 This exports it to int4, shows the artifact, answers a question with `zaya-edge run`, solves one
 with Markovian RSA (`zaya-edge solve`), prints held-out accuracy (`zaya-edge eval`), and checks
-that the runtime's greedy tokens equal transformers' own `generate` on the fp32 export.
+that the runtime's greedy tokens equal transformers' own `generate` on the fp32 export. Each
+command is echoed as a line that pastes (`$ zaya-edge …`), and the end says where the artifacts are.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +33,27 @@ RSA = ["--population", "8", "--subset", "4", "--rounds", "2",
        "--budget", str(tiny_arith.BUDGET), "--tail", str(tiny_arith.TAIL)]
 
 
+def shown(path: Path) -> str:
+    """A path as the reader types it where the demo runs (`make demo`: the repository root)."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def zaya_edge(*args: str) -> None:
-    print(f"\n$ zaya-edge {' '.join(args)}", flush=True)
+    """Run a command and echo it as a line the reader can paste (quoted, paths from where the demo runs)."""
+    print(f"\n$ {shlex.join(['zaya-edge', *args])}", flush=True)
     subprocess.run([sys.executable, "-m", "zaya_edge", *args], check=True)
+
+
+def where(int4: Path, fp32: Path) -> str:
+    """The closing lines: where the artifacts are and what to try next."""
+    here = "the repository root" if Path.cwd() == ROOT else str(Path.cwd())
+    activate = "" if shutil.which("zaya-edge") else f", after . {shlex.quote(shown(Path(sys.executable).parent / 'activate'))}"
+    return "\n".join([
+        f"\nartifacts: {shown(int4)} (int4) and {shown(fp32)} (fp32)",
+        f"the commands above paste as they are (from {here}{activate}); also try:",
+        f"  $ {shlex.join(['zaya-edge', 'chat', shown(int4), '--temperature', '0'])}",
+        f"  $ {shlex.join(['zaya-edge', 'quality', shown(int4), '--reference', shown(fp32)])}",
+    ])
 
 
 def parity(fp32: Path, problems: list[tiny_arith.Problem]) -> bool:
@@ -56,20 +77,21 @@ def parity(fp32: Path, problems: list[tiny_arith.Problem]) -> bool:
 
 
 def main() -> None:
-    int4, fp32 = WORK / "tiny-reasoner-int4", WORK / "tiny-reasoner-fp32"
-    zaya_edge("export", str(CHECKPOINT), "-o", str(int4), "--precision", "int4", "--force", "--quiet")
-    zaya_edge("inspect", str(int4))
-    zaya_edge("run", str(int4), QUESTION, "--temperature", "0", "--max-new-tokens", str(tiny_arith.BUDGET), "--stats")
-    zaya_edge("solve", str(int4), HARD, *RSA, "--seed", "0", "--quiet")
-    zaya_edge("eval", str(int4), "--task", "tiny-arith", "--limit", "200", "--quiet")
+    int4, fp32 = shown(WORK / "tiny-reasoner-int4"), shown(WORK / "tiny-reasoner-fp32")
+    zaya_edge("export", shown(CHECKPOINT), "-o", int4, "--precision", "int4", "--force", "--quiet")
+    zaya_edge("inspect", int4)
+    zaya_edge("run", int4, QUESTION, "--temperature", "0", "--max-new-tokens", str(tiny_arith.BUDGET), "--stats")
+    zaya_edge("solve", int4, HARD, *RSA, "--seed", "0", "--quiet")
+    zaya_edge("eval", int4, "--task", "tiny-arith", "--limit", "200", "--quiet")
     # sampling at temperature 1, once per problem and with Markovian RSA (the full figures over
     # all 500 problems: examples/tiny-reasoner/README.md)
-    zaya_edge("eval", str(int4), "--task", "tiny-arith", "--limit", "30", "--temperature", "1", "--quiet")
-    zaya_edge("eval", str(int4), "--task", "tiny-arith", "--limit", "30", "--strategy", "rsa", *RSA[:6], "--quiet")
+    zaya_edge("eval", int4, "--task", "tiny-arith", "--limit", "30", "--temperature", "1", "--quiet")
+    zaya_edge("eval", int4, "--task", "tiny-arith", "--limit", "30", "--strategy", "rsa", *RSA[:6], "--quiet")
 
     export_model(CHECKPOINT, fp32, precision="fp32", force=True, progress=False)
-    same = parity(fp32, tiny_arith.held_out_set(4))
+    same = parity(Path(fp32), tiny_arith.held_out_set(4))
     print(f"\nruntime (fp32 export) vs transformers greedy tokens on 4 problems: {'identical' if same else 'MISMATCH'}")
+    print(where(WORK / "tiny-reasoner-int4", WORK / "tiny-reasoner-fp32"))
     sys.exit(0 if same else 1)
 
 

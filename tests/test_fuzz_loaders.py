@@ -140,7 +140,5 @@ def test_rsa_checkpoint(checkpoint):
     assert seen["refused"] >= 200  # almost every change is caught: the record is typed through
 
 
-@pytest.mark.xfail(reason="JsonCheckpoint.load (zaya_edge/app/files.py) lets json's RecursionError and the "
-                          "digit-limit ValueError through", raises=AssertionError)
 def test_rsa_checkpoint_crafted_json(checkpoint):
     _resume_each(checkpoint, enumerate(CRAFTED))

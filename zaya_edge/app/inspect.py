@@ -19,10 +19,13 @@ def _size(n: float) -> str:
 DEFAULT_CONTEXT = 4096  # tokens the memory estimate assumes unless told
 
 
-def inspect_artifact(folder: str | Path, context: int = DEFAULT_CONTEXT, batch: int = 1, load_session: bool = False) -> dict:
+def inspect_artifact(folder: str | Path, context: int | None = None, batch: int = 1, load_session: bool = False) -> dict:
+    """The report `inspect` prints; the memory estimate at `context` tokens (default: DEFAULT_CONTEXT,
+    or the artifact's context length where that is shorter)."""
     folder = Path(folder)
     artifact = A.Artifact.open(folder)
     m, d = artifact.manifest, artifact.dims
+    context = min(DEFAULT_CONTEXT, m.context_length) if context is None else context
     weights = artifact.weight_bytes
     kv = d.kv_bytes_per_token * context * batch
     fixed = d.fixed_state_bytes * batch
@@ -61,12 +64,25 @@ def inspect_artifact(folder: str | Path, context: int = DEFAULT_CONTEXT, batch: 
     return report
 
 
+def precision_text(precision: str, q: dict) -> str:
+    """`int4, block 32, symmetric, mse; lm_head int4` from the manifest's quantization record."""
+    parts = [precision]
+    if q.get("block_size"):
+        parts.append(f"block {q['block_size']}")
+    if "symmetric" in q:
+        parts.append("symmetric" if q["symmetric"] else "asymmetric")
+    if q.get("method"):
+        parts.append(str(q["method"]))
+    head = f"; lm_head int{q['lm_head_bits']}" if q.get("lm_head_bits") else ""
+    return ", ".join(parts) + head
+
+
 def _text(r: dict) -> str:
     mem = r["memory_estimate"]
     model = r["model"]
     lines = [
         f"artifact      {r['folder']}  (format v{r['format_version']})",
-        f"precision     {r['precision']}" + (f"  {r['quantization']}" if r["quantization"] else ""),
+        f"precision     {precision_text(r['precision'], r['quantization'])}",
         f"model         {model['layers']} layers, hidden {model['hidden']}, {model['heads']}/{model['kv_heads']} heads x {model['head_dim']}, "
         f"{model['experts']} experts + skip, vocab {model['vocab']}, {', '.join(model['layer_types'])}",
         f"context       {r['context_length']} tokens; logits: {'all positions' if r['all_logits'] else 'last position'}",

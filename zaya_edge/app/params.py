@@ -43,3 +43,17 @@ class LazyHelpOption(click.Option):
         names, text = record
         more = self.lazy_help() if callable(self.lazy_help) else self.lazy_help
         return names, f"{text}  {more}".lstrip()
+
+
+class Seed(click.types.IntParamType):
+    """A --seed: checked by the runtime's one rule for seeds ([0, 2**64)) before anything loads."""
+
+    def convert(self, value, param, ctx) -> int:
+        from zaya_edge.errors import RequestError
+        from zaya_edge.runtime.types import check_seed
+
+        seed = super().convert(value, param, ctx)
+        try:
+            return check_seed(seed)
+        except RequestError as exc:
+            self.fail(str(exc), param, ctx)

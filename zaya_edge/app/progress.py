@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
@@ -11,25 +10,55 @@ if TYPE_CHECKING:
     from zaya_edge.runtime.rsa import RoundProgress
 
 
-class ProgressBar:
-    """A tqdm bar per RSA round: sequences done, live, tokens, tokens/s and an upper-bound ETA."""
+def round_label(stage: int, rounds: int, kind: str) -> str:
+    """`round 1 of 3 (rollouts)`, `round 2 of 3 (aggregation)`, `final aggregation`: stages 0..T, then T + 1."""
+    if kind == "select":
+        return "final aggregation"
+    return f"round {stage + 1} of {rounds + 1} ({'rollouts' if kind == 'rollout' else 'aggregation'})"
 
-    def __init__(self, file=None):
-        self.file, self.bar, self.stage = file, None, None
+
+def rounds_done(count: int, rounds: int) -> str:
+    """`round 1 of 3 done`, `rounds 1..2 of 3 done`, in the words of round_label."""
+    total = rounds + 1
+    if count > total:
+        return f"all {total} rounds and the final aggregation done"
+    return f"round 1 of {total} done" if count == 1 else f"rounds 1..{count} of {total} done"
+
+
+def clock(seconds: float) -> str:
+    """h:mm:ss, hours unbounded (a 30-hour bound reads 30:00:00, not 06:00:00)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+class ProgressBar:
+    """A tqdm bar per RSA round: sequences done, live, tokens, tokens/s and an ETA where it is an upper bound.
+
+    The runtime's `eta_s` bounds the round from above when each wave runs as one batch: no more
+    sequences than the engine's `max_batch` (None: no limit). Otherwise, and before the first
+    token, nothing is shown rather than a guess.
+    """
+
+    def __init__(self, file=None, max_batch: int | None = None):
+        self.file, self.max_batch, self.bar, self.stage = file, max_batch, None, None
 
     def __call__(self, p: RoundProgress) -> None:
         if p.stage != self.stage:
             self.close()
-            label = "select" if p.kind == "select" else f"round {p.stage}/{p.rounds}"
-            self.bar = tqdm(total=p.total, desc=label, unit="seq", file=self.file, leave=True,
-                            bar_format="{desc}: {n}/{total} seq |{bar:16}|{postfix}")
+            self.bar = tqdm(total=p.total, desc=round_label(p.stage, p.rounds, p.kind), unit="seq", file=self.file,
+                            leave=True, bar_format="{desc}: {n}/{total} seq |{bar:16}|{postfix}")
             self.stage = p.stage
-        eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
-        self.bar.set_postfix_str(
-            f"live {p.live}, {p.generated_tokens} tok, {p.tokens_per_s:.1f} tok/s, ETA <= {eta}", refresh=False)
+        self.bar.set_postfix_str(f"live {p.live}, {p.generated_tokens} tok, {p.tokens_per_s:.1f} tok/s{self._eta(p)}",
+                                 refresh=False)
         self.bar.update(p.finished - self.bar.n)  # redraws at most every mininterval
         if p.done:
             self.close()
+
+    def _eta(self, p: RoundProgress) -> str:
+        bounded = self.max_batch is None or p.total <= self.max_batch
+        if p.done or not p.live or not p.generated_tokens or p.elapsed_s <= 0 or not bounded:
+            return ""
+        return f", ETA ≤ {clock(p.eta_s)}"
 
     def close(self) -> None:
         if self.bar is not None:

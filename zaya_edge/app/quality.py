@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from zaya_edge import artifact as A
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import CheckpointError, RequestError, ZayaEdgeError
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 DEFAULT_LENGTH = 256
@@ -68,6 +68,8 @@ def load_tokens(
     """Token ids and a description: a token file (.npy or integers), text, or random tokens."""
     if tokens_file is not None and text is not None:
         raise ZayaEdgeError("give either a token file or text, not both")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise RequestError(f"seed must be an integer >= 0, got {seed!r}")
     if tokens_file is not None:
         ids, what = _read_token_file(Path(tokens_file)), f"tokens from {tokens_file}"
     elif text is not None:
@@ -89,7 +91,10 @@ def _read_token_file(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ZayaEdgeError(f"no token file at {path}")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            raise ZayaEdgeError(f"{path} is not a .npy array of token ids") from None
     try:
         return np.array([int(t) for t in path.read_text().replace(",", " ").split()], np.int64)
     except ValueError:
@@ -146,7 +151,10 @@ def open_reference(path: str | Path, threads: int | None = None):
             from zaya_edge.export.hf_logits import HFLogits
         except ImportError as exc:
             raise ZayaEdgeError(f"a checkpoint reference needs the export extra (torch, transformers): {exc}") from None
-        return HFLogits(path)
+        try:
+            return HFLogits(path)
+        except (OSError, ValueError) as exc:  # transformers' words for a malformed or unreadable folder
+            raise CheckpointError(f"cannot load the reference checkpoint {path}: {exc}") from None
     raise ZayaEdgeError(f"{path} is neither a zaya-edge artifact nor a Hugging Face checkpoint folder")
 
 
@@ -202,9 +210,3 @@ def quality(
     if len(ids) > limit:
         raise ZayaEdgeError(f"{what} is {len(ids)} tokens; {artifact} holds at most {limit} (pass a shorter text or fewer tokens)")
     return QualityReport(artifact=str(artifact), reference=str(reference), tokens=what, **compare(art, ref, ids))
-
-
-def default_json_path(artifact: str | Path) -> Path:
-    """Beside the artifact folder (never inside it: the manifest describes its files)."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + ".quality.json")

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from zaya_edge.app.cli.common import DEBUG_HELP, version_option
 from zaya_edge.errors import ZayaEdgeError
 
 
@@ -27,7 +28,8 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@version_option
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.pass_context
 def main(ctx, debug):
     """Export ZAYA1 to ONNX and run it on laptops and edge devices."""

@@ -7,13 +7,15 @@ import dataclasses
 import click
 
 from zaya_edge.app.bench import WORKLOAD
-from zaya_edge.app.files import write_json_atomic
+from zaya_edge.app.cli.common import Command
+from zaya_edge.app.files import check_output, read_text_file, write_json_atomic
 from zaya_edge.app.inspect import DEFAULT_CONTEXT
+from zaya_edge.app.params import Seed
 from zaya_edge.app.quality import DEFAULT_LENGTH
 from zaya_edge.errors import ZayaEdgeError
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.option("--reference", required=True, type=click.Path(path_type=str),
               help="An fp32 artifact or a Hugging Face checkpoint folder to compare against.")
@@ -22,38 +24,34 @@ from zaya_edge.errors import ZayaEdgeError
 @click.option("--text", default=None, help="Text to compare on (needs a tokenizer.json in ARTIFACT or REF).")
 @click.option("--text-file", type=click.Path(path_type=str), default=None, help="Read --text from this file.")
 @click.option("--length", type=int, default=DEFAULT_LENGTH, show_default=True, help="Random tokens when no tokens or text are given.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random tokens.")
+@click.option("--seed", type=Seed(), default=0, show_default=True, help="Seed of the random tokens.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None,
-              help="Write the report here (default: ARTIFACT.quality.json beside the folder).")
-@click.option("--force", is_flag=True, help="Replace an existing JSON report.")
+              help="Also write the report here (nothing is written without it).")
+@click.option("--force", is_flag=True, help="Replace an existing --json file.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 def quality(artifact, reference, tokens_file, text, text_file, length, seed, json_path, force, threads):
     """Teacher-forced comparison of ARTIFACT with a reference: top-1, KL, logit diff, perplexity."""
-    from pathlib import Path
-
     from zaya_edge.app import quality as Q
 
     if text_file is not None:
         if text is not None:
             raise ZayaEdgeError("give --text or --text-file, not both")
-        try:
-            text = Path(text_file).read_text()
-        except OSError as exc:
-            raise ZayaEdgeError(f"cannot read {text_file}: {exc.strerror}") from None
-    out = Path(json_path) if json_path else Q.default_json_path(artifact)
-    if out.exists() and not force:
-        raise ZayaEdgeError(f"{out} already exists; pass --force to replace it")
+        text = read_text_file(text_file, "--text-file")
+    if json_path:
+        check_output(json_path, "--force" if not force else None)
     report = Q.quality(artifact, reference, tokens_file=tokens_file, text=text, length=length, seed=seed,
                        threads=threads)
     click.echo(report.table())
-    write_json_atomic(out, dataclasses.asdict(report))
-    click.echo(f"wrote {out}")
+    if json_path:
+        write_json_atomic(json_path, dataclasses.asdict(report))
+        click.echo(f"wrote {json_path}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--context", type=int, default=DEFAULT_CONTEXT, show_default=True, help="Context length for the memory estimate.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch size for the memory estimate.")
+@click.option("--context", type=click.IntRange(min=1), default=None,
+              help=f"Context length for the memory estimate.  [default: {DEFAULT_CONTEXT}, or the artifact's if shorter]")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size for the memory estimate.")
 @click.option("--load", "load_session", is_flag=True, help="Also create a session (checks the graph; shows which router kernel runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(artifact, context, batch, load_session, as_json):
@@ -63,10 +61,13 @@ def inspect(artifact, context, batch, load_session, as_json):
     from zaya_edge.app.inspect import inspect_artifact
 
     report = inspect_artifact(artifact, context=context, batch=batch, load_session=load_session)
+    if context is not None and context > report["context_length"]:
+        click.echo(f"warning: --context {context} exceeds the artifact's context length {report['context_length']}; "
+                   f"the memory estimate is for a context it cannot run", err=True)
     click.echo(_json.dumps(report, indent=2) if as_json else report["text"])
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--prompt", type=int, default=WORKLOAD["prompt"], show_default=True, help="Prompt tokens before the decode runs.")
@@ -85,6 +86,8 @@ def bench(artifact, threads, prompt, new_tokens, prefill, batches, runs, json_pa
         raise ZayaEdgeError(f"--batches must be comma-separated integers, got {batches!r}") from None
     if runs < 1 or prompt < 1 or new_tokens < 2 or prefill < 1 or any(b < 1 for b in sizes):
         raise ZayaEdgeError("--runs, --prompt, --prefill and batch sizes must be >= 1, --new-tokens >= 2")
+    if json_path:
+        check_output(json_path)
     result = bench_artifact(artifact, threads=threads, prompt=prompt, new_tokens=new_tokens, prefill=prefill,
                             batches=sizes, runs=runs)
     click.echo(format_report(result))

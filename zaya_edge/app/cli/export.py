@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 import click
 
+from zaya_edge.app.cli.common import Command, as_flags
+from zaya_edge.app.files import check_output_folder
 from zaya_edge.errors import RequestError, ZayaEdgeError
 from zaya_edge.export import options as choices
 
 
-def _as_flags(message: str) -> str:
-    """The library names its arguments (`block_size=64`, `force=True`); here the user typed flags."""
-    for option in export.params:
-        if isinstance(option, click.Option):
-            flag = option.opts[-1]
-            message = re.sub(rf"\b{option.name}=True\b", flag, message)
-            message = re.sub(rf"\b{option.name}=", f"{flag} ", message)
-    return message
-
-
 # --block-size, --lm-head and --quant-method have no click default: fp32 refuses them when given.
-@click.command()
+@click.command(cls=Command)
 @click.argument("src", type=click.Path(path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Artifact folder to create.")
 @click.option("--precision", type=click.Choice(choices.PRECISIONS), default=choices.DEFAULT_PRECISION, show_default=True,
@@ -40,6 +30,7 @@ def _as_flags(message: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, force, quiet):
     """Export the ZAYA checkpoint folder SRC into an artifact folder."""
+    check_output_folder(out)
     try:
         from zaya_edge.export import export_model
     except ImportError as exc:
@@ -51,5 +42,5 @@ def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, a
             progress=not quiet,
         )
     except RequestError as exc:
-        raise type(exc)(_as_flags(str(exc))) from exc
+        raise type(exc)(as_flags(str(exc), export)) from exc
     click.echo(f"wrote {path}")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from zaya_edge.app.cli.common import Command
+
 from zaya_edge.errors import ZayaEdgeError
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("artifact", type=click.Path(path_type=str))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

@@ -40,6 +40,7 @@ class ChatSession:
         self._resume: tuple[str, int | None] | None = None  # (text the cache holds, token sampled but not fed)
         self.history: list[int] = []  # token ids in the cache
         self._turn_ref: Callable[[], Generation | None] = lambda: None  # the last turn, weakly
+        self._unstarted = False  # the last turn was sent but its stream never started
 
     def reset(self) -> None:
         self._close_turn()
@@ -56,6 +57,9 @@ class ChatSession:
         turn = self._turn_ref()
         if turn is not None:
             turn.close()
+        if self._unstarted:  # sent but never read: the model never saw it, so it is not kept
+            self.messages.pop()
+            self._unstarted = False
 
     def send(self, message: str) -> Generation:
         """Add a user turn; iterate the result for the reply (recorded when fully read)."""
@@ -73,6 +77,7 @@ class ChatSession:
             raise
         gen = Generation([request], functools.partial(self._turn, request, new_tokens, prompt_text))
         self._turn_ref = weakref.ref(gen)
+        self._unstarted = True
         return gen
 
     def _tokens_after_cache(self, prompt_text: str) -> list[int]:
@@ -91,6 +96,7 @@ class ChatSession:
     def _turn(
         self, request: Request, new_tokens: list[int], prompt_text: str, cancelled: Callable[[], bool], stats: GenerationStats
     ) -> Iterator[list[StepEvent]]:
+        self._unstarted = False
         seq = SequenceState(_SEQ, request, self.engine.eos_token_ids, self.engine.tokenizer)
         start = time.perf_counter()
         try:

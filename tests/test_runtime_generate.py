@@ -269,3 +269,15 @@ def test_a_turn_over_the_context_is_refused_and_the_chat_goes_on(engine):
     fresh.send("first question").text()
     assert fresh.send("second question").text() == reply
     assert chat.messages == fresh.messages and chat.history == fresh.history
+
+
+def test_a_turn_sent_but_never_read_is_not_kept(engine):
+    """send() twice without reading the first: the first never reached the model, so the history
+    holds only the second exchange, as a session that never saw the first would."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, ignore_eos=True)
+    chat = engine.chat(params)
+    chat.send("never read")
+    reply = chat.send("second question").text()
+    fresh = engine.chat(params)
+    assert fresh.send("second question").text() == reply
+    assert chat.messages == fresh.messages

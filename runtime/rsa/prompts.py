@@ -28,10 +28,18 @@ def default_template(subset: int) -> str:
     return importlib.resources.files("zaya_edge.runtime").joinpath("templates", name).read_text("utf-8").rstrip()
 
 
+MAX_TEMPLATE_BYTES = 1 << 20  # an aggregation prompt's template is a few hundred bytes
+
+
 def read_template(path: str | os.PathLike) -> str:
     """Read a user's aggregation template; it must contain {problem} and {candidates}."""
+    path = Path(path)
     try:
-        text = Path(path).read_text("utf-8").rstrip()
+        if not path.is_file():  # a device or FIFO would be read forever
+            raise RequestError(f"cannot read template {path}: not a regular file")
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise RequestError(f"template {path} is larger than {MAX_TEMPLATE_BYTES} bytes")
+        text = path.read_text("utf-8").rstrip()
     except (OSError, UnicodeDecodeError) as exc:
         raise RequestError(f"cannot read template {path}: {exc}") from None
     check_template(text, str(path))

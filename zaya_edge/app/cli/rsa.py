@@ -214,9 +214,8 @@ def _eval_temperature_help() -> str:
 def eval_(artifact, task, strategy, limit, seed, temperature, budget, threads, ray_address, actors, checkpoint_dir,
           json_path, quiet, **rsa_settings):
     """Accuracy of the artifact folder ARTIFACT on a fixed held-out problem set."""
-    from zaya_edge.app.eval import evaluate, task_rsa
+    from zaya_edge.app.eval import task_rsa
     from zaya_edge.app.files import check_output, write_json_atomic
-    from zaya_edge.app.progress import ProblemBar
 
     if json_path:
         check_output(json_path)
@@ -227,18 +226,26 @@ def eval_(artifact, task, strategy, limit, seed, temperature, budget, threads, r
     if ray_address is not None:
         report = _eval_on_ray(artifact, task, rsa, limit, seed, ray_address, actors, threads, checkpoint_dir, quiet)
     elif actors is not None or checkpoint_dir is not None:
-        raise click.UsageError("--actors and --checkpoint-dir go with --ray")
+        raise ZayaEdgeError("--actors and --checkpoint-dir go with --ray")
     else:
-        engine = _load_engine(artifact, threads)
-        bar = None if quiet else ProblemBar(f"{task} {strategy}")
-        try:
-            report = evaluate(engine, task, rsa, limit=limit, seed=seed, on_problem=bar, **sampling)
-        finally:
-            if bar is not None:
-                bar.close()
+        report = _eval_here(artifact, task, strategy, rsa, limit, seed, threads, quiet, sampling)
     if json_path:
         write_json_atomic(json_path, report.to_dict())
     click.echo(report.summary())
+
+
+def _eval_here(artifact, task, strategy, rsa, limit, seed, threads, quiet, sampling):
+    """One engine in this process, a progress bar per problem."""
+    from zaya_edge.app.eval import evaluate
+    from zaya_edge.app.progress import ProblemBar
+
+    engine = _load_engine(artifact, threads)
+    bar = None if quiet else ProblemBar(f"{task} {strategy}")
+    try:
+        return evaluate(engine, task, rsa, limit=limit, seed=seed, on_problem=bar, **sampling)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _eval_on_ray(artifact, task, rsa, limit, seed, address, actors, threads, checkpoint_dir, quiet):
@@ -246,7 +253,7 @@ def _eval_on_ray(artifact, task, rsa, limit, seed, address, actors, threads, che
     from zaya_edge.app.distributed import ClusterBar, EvalInterrupted, evaluate_on_ray
 
     if rsa is None:
-        raise click.UsageError("--ray runs --strategy rsa (single sampling is one batched pass on one machine)")
+        raise ZayaEdgeError("--ray runs --strategy rsa (single sampling is one batched pass on one machine)")
     bar = None if quiet else ClusterBar(f"{task} rsa on ray")
     try:
         return evaluate_on_ray(artifact, task, rsa, limit=limit, seed=seed, address=address or None, actors=actors,

@@ -74,7 +74,8 @@ def _check_layout(entries: dict, data_bytes: int, file: str) -> None:
     the offsets come from the file, and a reader that trusted them would read anything."""
     spans = []
     for name, e in entries.items():
-        if not (isinstance(e, dict) and e.get("dtype") in _ITEM_BYTES and _counts(e.get("shape"))
+        if not (isinstance(e, dict) and isinstance(e.get("dtype"), str) and e["dtype"] in _ITEM_BYTES
+                and _counts(e.get("shape"))
                 and _counts(e.get("data_offsets"), 2)):
             raise CheckpointError(f"{file}: tensor {name} has a malformed header entry {e!r:.200}")
         start, end = e["data_offsets"]

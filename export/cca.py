@@ -7,6 +7,9 @@
     q,k ─ L2 norm·√D (k·temp) ─ RoPE(token positions) ─ GroupQueryAttention(bias) ─ o_proj
 
 Each piece is one method, called in the order of the diagram, which is the order of the nodes.
+With attention_bias every projection adds its bias, and a row with no past token takes the
+delayed value of "no token", v_proj_delayed(0) = its bias, as transformers does. Head sizes
+GroupQueryAttention's kernel refuses (not a multiple of 8) attend in plain ops (attention.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from zaya_edge.config import ZayaDims
 
+from .attention import plain_attention
 from .emitter import INT64_MAX, Emitter
 from .layers import MS, Layers
 
@@ -39,20 +43,31 @@ class CompressedConvAttention:
         conv_q, conv_k, present_conv = self._causal_conv(qk, past["conv"])
         q = e.op("Add", f"{p}/q", [conv_q, q_res])
         k = e.op("Add", f"{p}/k", [conv_k, k_res])
-        v, present_rec = self._delayed_value(v_cur, v_del, past["recurrent"])
+        v, present_rec = self._delayed_value(v_cur, v_del, past["recurrent"], ctx)
         q, k = self._qk_norm(q, k)
         q, k = self._rope(q, k, ctx)
-        attn, present_k, present_v = self._gqa(q, k, v, past, ctx)
-        o = self.layers.linear(f"{p}/o_proj", attn, self.pre + "o_proj", [self.pre + "o_proj.weight"])
+        if self.d.head_dim % 8:
+            attn, present_k, present_v = plain_attention(self.e, p, (q, k, v), past, ctx, self.d, self._window())
+        else:
+            attn, present_k, present_v = self._gqa(q, k, v, past, ctx)
+        o = self.layers.linear(f"{p}/o_proj", attn, self.pre + "o_proj", [self.pre + "o_proj.weight"],
+                               self._bias(self.pre + "o_proj", ["o_proj"]))
         return o, {"key": present_k, "value": present_v, "conv": present_conv, "recurrent": present_rec}
 
     def _projections(self, x):
         """x ─ one fused MatMul ─ split ─► qk [B,S,C] (the conv reads q and k together), v_cur, v_del"""
         e, d, pre = self.e, self.d, self.pre
-        names = [pre + f"qkv_proj.{n}.weight" for n in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")]
-        qkv = self.layers.linear(f"{self.path}/qkv_proj", x, f"{pre}qkv_proj.qkv", names)
+        parts = [f"qkv_proj.{n}" for n in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")]
+        qkv = self.layers.linear(f"{self.path}/qkv_proj", x, f"{pre}qkv_proj.qkv", [pre + n + ".weight" for n in parts],
+                                 self._bias(f"{pre}qkv_proj.qkv", parts))
         sizes = e.i64([d.conv_channels, d.value_half, d.value_half])
         return e.op("Split", f"{self.path}/qkv_split", [qkv, sizes], {"axis": -1}, outputs=3)
+
+    def _bias(self, name: str, parts: list[str]):
+        """The fused projection's bias (attention_bias), else None."""
+        if not self.d.attention_bias:
+            return None
+        return self.layers.bias(name + ".bias", [self.pre + n + ".bias" for n in parts])
 
     def _residual_means(self, qk):
         """The residual paths: q_res[h] = (q[h] + k[h//g]) / 2 ; k_res[j] = mean of its group's q_res
@@ -80,8 +95,8 @@ class CompressedConvAttention:
         D, Hq, Hkv = d.head_dim, d.num_heads, d.num_kv_heads
         qk_t = e.op("Transpose", f"{p}/qk_channels_first", [qk], {"perm": [0, 2, 1]})
         window = e.op("Concat", f"{p}/conv_window", [past_conv, qk_t], {"axis": 2})
-        present_conv = e.op("Slice", f"{p}/present_conv",
-                            [window, e.i64([-d.conv_state_len]), e.i64([INT64_MAX]), e.i64([2])])
+        keep = [e.i64([-d.conv_state_len]), e.i64([INT64_MAX])] if d.conv_state_len else [e.i64([0]), e.i64([0])]
+        present_conv = e.op("Slice", f"{p}/present_conv", [window, *keep, e.i64([2])])
         weight, bias = self._composed_conv(f"{p}/conv_composed")
         gw = e.op("Conv", f"{p}/conv", [window, weight, bias], {"group": Hq + Hkv, "kernel_shape": [d.conv_state_len + 1]})
         conv = e.op("Transpose", f"{p}/conv_tokens_first", [gw], {"perm": [0, 2, 1]})
@@ -131,13 +146,17 @@ class CompressedConvAttention:
         through = e.op("ReduceSum", f"{path}/bias_through", [g_bd, e.i64([1, 2])], {"keepdims": 0})
         return weight, e.op("Add", f"{path}/bias", [through, b_g])
 
-    def _delayed_value(self, v_cur, v_del, past_recurrent):
+    def _delayed_value(self, v_cur, v_del, past_recurrent, ctx):
         """Value heads: head 0 = the current token, head 1.. = the previous token's delayed projection.
 
             past_recurrent ‖ v_del[:, :-1] ─► v_delayed ;  v = v_cur ‖ v_delayed
             v_del[:, -1] ─► present_recurrent (the next call's previous token)
+        With a bias, a row without past tokens starts from v_proj_delayed(0) = the bias, not 0.
         """
         e, p = self.e, self.path
+        if self.d.attention_bias:
+            bias = self.layers.tensor(self.pre + "qkv_proj.v_proj_delayed.bias")
+            past_recurrent = e.op("Where", f"{p}/v_prev_or_bias", [ctx["has_past"], past_recurrent, bias])
         prev = e.op("Unsqueeze", f"{p}/v_prev", [past_recurrent, e.i64([1])])
         v_del_head = e.op("Slice", f"{p}/v_del_shift", [v_del, e.i64([0]), e.i64([-1]), e.i64([1])])
         v_delayed = e.op("Concat", f"{p}/v_delayed", [prev, v_del_head], {"axis": 1})
@@ -166,13 +185,18 @@ class CompressedConvAttention:
         """RoPE by token position (not by column) before attention; GQA's fused rotary would
         use columns for a first prompt, which breaks left-padded rows on the next step."""
         e, d, p = self.e, self.d, self.path
-        cos, sin = ctx["rope"][self.layer_type]
+        if ctx["rope"][self.layer_type] is None:  # a rotary width of 0: nothing turns
+            return q, k
+        positions, cos, sin = ctx["rope"][self.layer_type]
         rot = d.rotary_dim(self.layer_type)
-        q = e.op("RotaryEmbedding", f"{p}/q_rotary", [q, ctx["position_ids"], cos, sin],
+        q = e.op("RotaryEmbedding", f"{p}/q_rotary", [q, positions, cos, sin],
                  {"num_heads": d.num_heads, "rotary_embedding_dim": rot, "interleaved": 0}, domain=MS)
-        k = e.op("RotaryEmbedding", f"{p}/k_rotary", [k, ctx["position_ids"], cos, sin],
+        k = e.op("RotaryEmbedding", f"{p}/k_rotary", [k, positions, cos, sin],
                  {"num_heads": d.num_kv_heads, "rotary_embedding_dim": rot, "interleaved": 0}, domain=MS)
         return q, k
+
+    def _window(self) -> int:
+        return self.d.sliding_window if self.layer_type == "hybrid_sliding" else -1
 
     def _gqa(self, q, k, v, past, ctx):
         """GroupQueryAttention over the key/value cache, padding masked by the attention bias.
@@ -181,7 +205,7 @@ class CompressedConvAttention:
         HF's sliding layers: prompt, decode and left padding).
         """
         d = self.d
-        window_size = d.sliding_window if self.layer_type == "hybrid_sliding" else -1
+        window_size = self._window()
         return self.e.op(
             "GroupQueryAttention", f"{self.path}/gqa",
             [q, k, v, past["key"], past["value"], ctx["seqlens_k"], ctx["total"], None, None, None, ctx["attn_bias"]],

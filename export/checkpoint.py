@@ -12,6 +12,7 @@ describe a file that holds exactly its tensors, and weights must be finite float
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -62,6 +63,10 @@ def confined(folder: Path, name, limit: int | None = None) -> Path:
 def _relative(name) -> bool:
     """A plain relative name below the folder: no absolute path, no `..`, no NUL."""
     if not isinstance(name, str) or not name or "\0" in name:
+        return False
+    try:
+        name.encode("utf-8")  # a lone surrogate cannot name a file
+    except UnicodeEncodeError:
         return False
     path = PurePosixPath(name)
     return not path.is_absolute() and ".." not in path.parts
@@ -200,14 +205,14 @@ class StateDictCheckpoint(Checkpoint):
     """A live module's state_dict (torch tensors); each is converted, and checked, when it is read."""
 
     def __init__(self, state_dict: dict, config: dict):
-        self.config = dict(config)
+        self.config = json.loads(json.dumps(config, default=str))  # as a config.json holds it
         self.dims = _dims(ZayaDims.from_dict, self.config)
         self._sd = state_dict
 
     @classmethod
     def from_module(cls, model) -> "StateDictCheckpoint":
-        config = model.config.to_dict()
-        return cls(model.state_dict(), config)
+        """The module's config as its config.json would hold it (JSON types, every field)."""
+        return cls(model.state_dict(), json.loads(model.config.to_json_string(use_diff=False)))
 
     def names(self) -> set[str]:
         return set(self._sd)
@@ -240,7 +245,7 @@ def open_checkpoint(src, config: dict | None = None) -> Checkpoint:
         if config is None:
             raise RequestError("exporting a state_dict needs its config (a dict or ZayaConfig)")
         if not isinstance(config, dict):
-            config = config.to_dict()
+            config = json.loads(config.to_json_string(use_diff=False))
         return StateDictCheckpoint(src, config)
     if hasattr(src, "state_dict") and hasattr(src, "config"):
         return StateDictCheckpoint.from_module(src)
@@ -290,11 +295,19 @@ def expected_tensors(dims: ZayaDims) -> dict[str, tuple[int, ...]]:
         }
         if i > 0:
             layer["mlp.gate.router_states_scale"] = (R,)
+        if dims.attention_bias:
+            layer.update(_attention_biases(layer))
         for block in ("post_attention_residual_scale", "post_mlp_residual_scale"):
             for t in ("hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias"):
                 layer[f"{block}.{t}"] = (H,)
         out.update({p + k: v for k, v in layer.items()})
     return out
+
+
+def _attention_biases(layer: dict) -> dict[str, tuple[int, ...]]:
+    """attention_bias=True: every projection of the attention has a bias of its output width."""
+    names = [f"self_attn.qkv_proj.{p}" for p in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")]
+    return {f"{n}.bias": (layer[f"{n}.weight"][0],) for n in names + ["self_attn.o_proj"]}
 
 
 def check_tensors(ckpt: Checkpoint) -> None:

@@ -15,7 +15,8 @@ object (layers.py). For int4/int8 (`ExportPlan.quant`) projections become MatMul
 QMoE, and the tied table one quantized initializer read by GatherBlockQuantized and MatMulNBits
 (quant_layers.py). Everything else still computes in fp32; a tensor stored in bf16/fp16 in the
 checkpoint is kept in that dtype in the artifact (exact) and Cast to fp32, which onnxruntime
-folds at load. The attention block is cca.py.
+folds at load. The attention block is cca.py, the RoPE of every rope type rope.py, the experts
+of a hidden_act other than SiLU experts.py.
 """
 
 from __future__ import annotations
@@ -24,26 +25,18 @@ import numpy as np
 import onnx_ir as ir
 
 from zaya_edge import artifact as A
-from zaya_edge.config import ZayaDims
 
 from .cca import CompressedConvAttention
 from .checkpoint import Checkpoint
 from .emitter import INT64_MAX, Emitter
+from .experts import FUSED, dense_experts
 from .layers import FLOAT, MS, FloatLayers, Layers
 from .plan import ExportPlan
 from .quant_layers import QuantizedLayers
+from .rope import RopeTables
 from .router_op import router_function
 
 F32_MIN = float(np.finfo(np.float32).min)
-
-
-def rope_cache(dims: ZayaDims, layer_type: str, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [length, rotary_dim/2] as HF computes them (fp32 inverse frequencies)."""
-    rot = dims.rotary_dim(layer_type)
-    base = np.float32(dims.rope_theta[layer_type])
-    inv_freq = (np.float32(1.0) / base ** (np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot))).astype(np.float32)
-    freqs = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
 
 
 def layers_for(plan: ExportPlan, e: Emitter, ckpt: Checkpoint) -> Layers:
@@ -122,10 +115,30 @@ class DecoderGraphBuilder:
         total_1d = e.op("Unsqueeze", f"{p}/total_1d", [total, i64([0])])
         bias_shape = e.op("Concat", f"{p}/bias_shape", [batch_1d, i64([1]), seq_1d, total_1d], {"axis": 0})
         attn_bias = e.op("Expand", f"{p}/attn_bias", [key_bias, bias_shape])
-        return {
+        positions = self._positions(p, mask, neg_seq)
+        rope = RopeTables(e, self.dims, self.plan.context_length)
+        ctx = {
             "seqlens_k": seqlens, "total": total_i32, "token_mask": token_mask, "attn_bias": attn_bias,
-            "position_ids": self._positions(p, mask, neg_seq), "rope": self._rope_caches(),
+            "position_ids": positions, "rope": {lt: rope(lt, positions) for lt in sorted(set(self.dims.layer_types))},
         }
+        return {**ctx, **self._optional_context(p, mask, total, seq, total_1d, neg_seq)}
+
+    def _optional_context(self, p, mask, total, seq, total_1d, neg_seq) -> dict:
+        """Only what some configs need (so the others' graphs stay as they were):
+
+            plain attention (head_dim % 8): the new tokens' first column total−S
+            attention_bias: has_past [B,1], whether a row has a real token before this call
+        """
+        e, i64, out = self.e, self.e.i64, {}
+        if self.dims.head_dim % 8:
+            start = e.op("Sub", f"{p}/start", [total, seq])
+            out.update(total_i64=total, total_1d=total_1d, start_i64=start,
+                       start_1d=e.op("Unsqueeze", f"{p}/start_1d", [start, i64([0])]))
+        if self.dims.attention_bias:
+            past_cols = e.op("Slice", f"{p}/past_cols", [mask, i64([0]), neg_seq, i64([1])])
+            count = e.op("ReduceSum", f"{p}/past_count", [past_cols, i64([1])], {"keepdims": 1})
+            out["has_past"] = e.op("Greater", f"{p}/has_past", [count, i64(0)])
+        return out
 
     def _positions(self, p, mask, neg_seq):
         """RoPE positions count each row's real tokens (cumsum of the mask), not columns, so the
@@ -135,14 +148,6 @@ class DecoderGraphBuilder:
         positions = e.op("Sub", f"{p}/positions_all", [positions, i64(1)])
         positions = e.op("Max", f"{p}/positions_clip", [positions, i64(0)])
         return e.op("Slice", f"{p}/position_ids", [positions, neg_seq, i64([INT64_MAX]), i64([1])])
-
-    def _rope_caches(self) -> dict:
-        """layer type -> (cos, sin) caches of `context_length` rows."""
-        e, d, rope = self.e, self.dims, {}
-        for lt in sorted(set(d.layer_types)):
-            cos, sin = rope_cache(d, lt, self.plan.context_length)
-            rope[lt] = (e.eager_weight(f"/model/rope/{lt}/cos_cache", cos), e.eager_weight(f"/model/rope/{lt}/sin_cache", sin))
-        return rope
 
     def _embed(self, ids):
         e, p, t = self.e, "/model/embed", self.layers.tensor
@@ -187,6 +192,7 @@ class DecoderGraphBuilder:
                                            ├─ select (one-hot) ─ MoE ─ ·weight ─ reshape ─► m
                                            └─ weight
         fp32 MoE multiplies by the router weight after the experts; QMoE takes it as an input.
+        A hidden_act other than SiLU runs every expert densely instead (experts.py).
         """
         e, d = self.e, self.dims
         path = f"/model/layers.{i}/moe"
@@ -195,7 +201,11 @@ class DecoderGraphBuilder:
             A.ROUTER_OP, f"{path}/router", self._router_inputs(i, flat, router_state), {"epsilon": d.rms_norm_eps},
             domain=A.ZAYA_DOMAIN, outputs=3,
         )
-        m = self.layers.experts(path, f"model.layers.{i}.mlp.experts.", flat, select, weight)
+        prefix = f"model.layers.{i}.mlp.experts."
+        if d.hidden_act in FUSED:
+            m = self.layers.experts(path, prefix, flat, select, weight)
+        else:
+            m = dense_experts(self.layers, path, prefix, flat, weight, d)
         m = e.op("Reshape", f"{path}/unflatten", [m, e.op("Shape", f"{path}/x_shape", [x2])])
         return m, state
 

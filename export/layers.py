@@ -60,9 +60,24 @@ class Layers(abc.ABC):
             value = self.e.op("Cast", f"/model/weights/{name}", [value], {"to": FLOAT})
         return value
 
+    def bias(self, name: str, sources: list[str]) -> ir.Value:
+        """fp32 [N]: the biases of fused projections, concatenated (one source: that tensor itself)."""
+        if len(sources) == 1:
+            return self.tensor(sources[0])
+        ckpt = self.ckpt
+        rows = sum(ckpt.shape(n)[0] for n in sources)
+        return self.e.weight(name, FLOAT, (rows,), lambda: np.concatenate([ckpt.read(n) for n in sources]).astype(np.float32))
+
+    def linear(self, path: str, x: ir.Value, name: str, sources: list[str], bias: ir.Value | None = None) -> ir.Value:
+        """x · Wᵀ (+ bias) for the row-concatenation W of several nn.Linear weights (one fused node)."""
+        ckpt = self.ckpt
+        rows, cols = sum(ckpt.shape(n)[0] for n in sources), ckpt.shape(sources[0])[1]
+        return self.matmul(path, x, name, rows, cols, lambda: np.concatenate([ckpt.read(n) for n in sources], axis=0),
+                           bias)
+
     @abc.abstractmethod
-    def linear(self, path: str, x: ir.Value, name: str, sources: list[str]) -> ir.Value:
-        """x · Wᵀ for the row-concatenation W of several nn.Linear weights (one fused node)."""
+    def matmul(self, path: str, x: ir.Value, name: str, rows: int, cols: int, produce, bias=None) -> ir.Value:
+        """x · Wᵀ (+ bias) for a [rows, cols] weight W (nn.Linear layout) that `produce()` returns in fp32."""
 
     @abc.abstractmethod
     def experts(self, path: str, prefix: str, flat, select, weight) -> ir.Value:
@@ -84,19 +99,11 @@ class Layers(abc.ABC):
 class FloatLayers(Layers):
     """fp32 weights: the exact reference."""
 
-    def linear(self, path, x, name, sources):
-        return self.e.op("MatMul", path, [x, self._linear_weight(name + ".weight_t", sources)])
-
-    def _linear_weight(self, out_name: str, names: list[str]) -> ir.Value:
-        """[in, out] fp32 weight for MatMul, the rows of several nn.Linear weights fused."""
-        ckpt = self.ckpt
-        rows = sum(ckpt.shape(n)[0] for n in names)
-        cols = ckpt.shape(names[0])[1]
-
-        def produce():
-            return np.concatenate([ckpt.read(n) for n in names], axis=0).T
-
-        return self.e.weight(out_name, FLOAT, (cols, rows), produce)
+    def matmul(self, path, x, name, rows, cols, produce, bias=None):
+        """MatMul on the [in, out] transpose, stored fp32."""
+        weight = self.e.weight(name + ".weight_t", FLOAT, (cols, rows), lambda: produce().T)
+        y = self.e.op("MatMul", path, [x, weight])
+        return y if bias is None else self.e.op("Add", f"{path}/bias", [y, bias])
 
     def experts(self, path, prefix, flat, select, weight):
         """MoE picks the one-hot expert with weight 1; the router weight multiplies after."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from zaya_edge.config import ZayaDims
-from zaya_edge.errors import RequestError
+from zaya_edge.errors import CheckpointError, RequestError
 
 from .options import (
     BLOCK_SIZES,
@@ -24,8 +24,10 @@ from .options import (
     QUANT_BITS,
     TABLE_PRECISIONS,
 )
+from .experts import LEARNED
 from .quant import QuantSpec
-from .quant_layers import ACCURACY_LEVEL, SCALE_DTYPE
+from .quant_layers import ACCURACY_LEVEL, SCALE_DTYPE, padded
+from .rope import check_rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ExportPlan:
     lm_head_bits: int | None  # bits of the (tied) embedding/lm_head table; None for fp32
     all_logits: bool  # logits for every position, not only the last
     context_length: int  # rows of the RoPE cache: the longest context the artifact supports
+    padded: str | None = None  # the sizes whose last quantization block is zero-padded, if any
 
     def record(self) -> dict:
         """The manifest's `quantization` dict ({} for fp32)."""
@@ -54,6 +57,7 @@ class ExportPlan:
             "scales": f"{SCALE_DTYPE.__name__} (MatMulNBits reads them through a Cast folded at load)",
             "float_tensors": "router, norms, residual scales, conv kernels, biases: fp32 compute; "
                              "stored in the checkpoint's bf16/fp16 when it has them (exact)",
+            **({"padded_blocks": self.padded} if self.padded else {}),
         }
 
 
@@ -66,6 +70,9 @@ def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymm
     if context_length is not None and context_length < 1:
         raise RequestError(f"context_length={context_length} is not positive")
     length = context_length or dims.max_position_embeddings
+    if length < 1:
+        raise RequestError(f"max_position_embeddings is {dims.max_position_embeddings}: give a context_length")
+    check_exportable(dims, length)
     if precision == "fp32":
         _refuse_quant_options(block_size=block_size, asymmetric=asymmetric or None, lm_head=lm_head,
                               quant_method=quant_method)
@@ -74,8 +81,7 @@ def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymm
     table = lm_head or precision
     if table not in TABLE_PRECISIONS:
         raise RequestError(f"unknown lm_head precision {table!r}; choose one of {', '.join(TABLE_PRECISIONS)}")
-    _check_whole_blocks(dims, spec.block_size)
-    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length)
+    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length, _padding(dims, spec.block_size))
 
 
 def _refuse_quant_options(**given) -> None:
@@ -94,11 +100,19 @@ def _quant_spec(precision: str, block_size: int | None, asymmetric: bool, quant_
     return QuantSpec(bits=QUANT_BITS[precision], block_size=block, symmetric=not asymmetric, method=method)
 
 
-def _check_whole_blocks(dims: ZayaDims, block: int) -> None:
-    """The experts (QMoE) and the embedding table quantize along H and I in whole blocks."""
-    for what, size in (("hidden_size", dims.hidden_size), ("moe_intermediate_size", dims.moe_intermediate_size)):
-        if size % block:
-            raise RequestError(
-                f"block size {block} does not divide {what} {size}: the experts (QMoE) and the embedding "
-                "table need whole blocks; choose a smaller one"
-            )
+def check_exportable(dims: ZayaDims, length: int) -> None:
+    """What transformers builds but zaya-edge cannot export; RoPE computable over `length` positions."""
+    if dims.hidden_act in LEARNED:
+        raise CheckpointError(f"hidden_act {dims.hidden_act!r} has learned parameters of its own, which the "
+                              "exporter does not carry; it exports every parameter-free activation")
+    if dims.router_hidden_size == 0:
+        raise CheckpointError("router_hidden_size=0 (a router with no hidden units) cannot be exported")
+    check_rope(dims, length)
+
+
+def _padding(dims: ZayaDims, block: int) -> str | None:
+    """The matmul widths (K) the block does not divide: their last block is zero-padded."""
+    sizes = {"hidden_size": dims.hidden_size, "moe_intermediate_size": dims.moe_intermediate_size,
+             "num_attention_heads * head_dim": dims.num_heads * dims.head_dim}
+    odd = [f"{name} {size} -> {padded(size, block)}" for name, size in sizes.items() if size % block]
+    return ", ".join(odd) + f" (block {block}; zero-padded)" if odd else None

@@ -74,21 +74,17 @@ class QuantizedLayers(Layers):
         }
 
     # ---- dense projections ------------------------------------------------------------------
-    def linear(self, path: str, x: ir.Value, name: str, sources: list[str]) -> ir.Value:
-        ckpt, spec = self.ckpt, self.spec
-        n = sum(ckpt.shape(s)[0] for s in sources)
-        k = ckpt.shape(sources[0])[1]
+    def matmul(self, path, x, name, rows, cols, produce, bias=None):
+        spec = self.spec
 
         def compute():
-            w = np.concatenate([ckpt.read(s) for s in sources], axis=0)
-            out = matmulnbits_arrays(w, spec)
+            out = matmulnbits_arrays(produce(), spec)
             out.pop("gather_zero_points", None)
             return out
 
-        shapes = matmulnbits_shapes(n, k, spec)
         dtypes = {"B": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8}
-        w = self._initializers(name, shapes, dtypes, _Parts(compute))
-        return self._matmulnbits(path, x, w, self._fp32(name, w["scales"]), n, k, spec)
+        w = self._initializers(name, matmulnbits_shapes(rows, cols, spec), dtypes, _Parts(compute))
+        return self._matmulnbits(path, x, w, self._fp32(name, w["scales"]), rows, cols, spec, bias)
 
     def _fp32(self, name: str, scales: ir.Value) -> ir.Value:
         return self.e.op("Cast", f"/model/weights/{name}.scales", [scales], {"to": ir.DataType.FLOAT})
@@ -106,11 +102,16 @@ class QuantizedLayers(Layers):
 
             flat [N,H] ─ QMoE(fc1 = gate|up interleaved, SwiGLU, fc2) ─► [N,H]
             select [N,E] (router_probs) ─┘   weight [N,E] (router_weights, not renormalised)
+
+        QMoE takes whole blocks only: a hidden or intermediate size the block does not divide is
+        zero-padded to the next multiple (zero gate/up rows add silu(0)·0 = 0, zero down columns
+        nothing), flat is padded to match and the output cut back to H.
         """
         ckpt, spec = self.ckpt, self.spec
         gate_up, down = prefix + "gate_up_proj", prefix + "down_proj"
-        n_exp, two_i, h = ckpt.shape(gate_up)
+        n_exp, _, h = ckpt.shape(gate_up)
         inter = ckpt.shape(down)[2]
+        hp, ip = padded(h, spec.block_size), padded(inter, spec.block_size)
 
         def compute(name, transform):
             def run():
@@ -123,10 +124,12 @@ class QuantizedLayers(Layers):
             return run
 
         dtypes = {"weights": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8}
-        fc1 = self._initializers(gate_up + ".qmoe", qmoe_shapes(n_exp, two_i, h, spec), dtypes,
-                                 _Parts(compute(gate_up, interleave_gate_up)))
-        fc2 = self._initializers(down + ".qmoe", qmoe_shapes(n_exp, h, inter, spec), dtypes,
-                                 _Parts(compute(down, lambda w: w)))
+        fc1 = self._initializers(gate_up + ".qmoe", qmoe_shapes(n_exp, 2 * ip, hp, spec), dtypes,
+                                 _Parts(compute(gate_up, lambda w: interleave_gate_up(_pad_gate_up(w, ip, hp)))))
+        fc2 = self._initializers(down + ".qmoe", qmoe_shapes(n_exp, hp, ip, spec), dtypes,
+                                 _Parts(compute(down, lambda w: _pad(w, hp, ip))))
+        if hp != h:
+            flat = self.e.op("Pad", f"{path}/pad_hidden", [flat, self.e.i64([0, 0, 0, hp - h])])
         inputs = [
             flat, select,
             fc1["weights"], fc1["scales"], None,
@@ -135,12 +138,13 @@ class QuantizedLayers(Layers):
             fc1.get("zero_points"), fc2.get("zero_points"), None,
             weight,
         ]
-        return self.e.op(
+        y = self.e.op(
             "QMoE", f"{path}/experts", inputs,
             {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": spec.bits,
              "block_size": spec.block_size, "accuracy_level": ACCURACY_LEVEL},
             domain=MS,
         )
+        return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
 
     # ---- the embedding table ----------------------------------------------------------------
     def table(self, name: str) -> QuantTable:
@@ -179,9 +183,33 @@ class QuantizedLayers(Layers):
             {"bits": spec.bits, "block_size": spec.block_size, "gather_axis": 0, "quantize_axis": 2},
             domain=MS,
         )
-        return e.op("Reshape", f"{path}/rows", [rows, e.i64([0, 0, table.cols])])
+        width = padded(table.cols, spec.block_size)
+        rows = e.op("Reshape", f"{path}/rows", [rows, e.i64([0, 0, width])])
+        if width == table.cols:
+            return rows
+        return e.op("Slice", f"{path}/unpad", [rows, e.i64([0]), e.i64([table.cols]), e.i64([2])])
 
     def head(self, path: str, table: QuantTable, flat, bias=None) -> ir.Value:
         """flat [N,H] ─ MatMulNBits(tableᵀ) ─► logits [N,V]"""
         return self._matmulnbits(path, flat, table.values, table.scales, table.rows, table.cols, table.spec, bias)
 
+
+
+def padded(size: int, block: int) -> int:
+    """`size` rounded up to whole blocks."""
+    return -(-size // block) * block
+
+
+def _pad(w: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """w [r, c] in the top-left corner of zeros [rows, cols] (itself when nothing is added)."""
+    if w.shape == (rows, cols):
+        return w
+    out = np.zeros((rows, cols), np.float32)
+    out[: w.shape[0], : w.shape[1]] = w
+    return out
+
+
+def _pad_gate_up(w: np.ndarray, inter: int, cols: int) -> np.ndarray:
+    """[2I, H] gate rows then up rows -> [2·inter, cols], each half padded on its own."""
+    half = w.shape[0] // 2
+    return np.concatenate([_pad(w[:half], inter, cols), _pad(w[half:], inter, cols)])

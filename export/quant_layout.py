@@ -8,7 +8,8 @@
                         scales [V, n_blocks, 1] (an Unsqueeze of the MatMulNBits scales),
                         zero_points [V, n_blocks, 1] (one per byte: packed along a length-1 axis)
     QMoE                fc1 [E, 2I, H·bits/8] with gate row j at 2j and up row j at 2j+1
-                        (layers.interleave_gate_up),
+                        (layers.interleave_gate_up); whole blocks only, so H and I are
+                        zero-padded to them (quant_layers.QuantizedLayers.experts),
                         fc2 [E, H, I·bits/8], scales [E, rows, n_blocks], zero_points
                         [E, rows, ceil(n_blocks·bits/8)]
 
@@ -61,7 +62,7 @@ def qmoe_shapes(experts: int, rows: int, k: int, spec: QuantSpec) -> dict[str, t
 def qmoe_expert(w: np.ndarray, spec: QuantSpec, scale_dtype=np.float16) -> Blocks:
     """One expert's [rows, K] matrix quantized for QMoE (K must be a multiple of the block)."""
     if w.shape[1] % spec.block_size:
-        raise AssertionError("QMoE needs whole blocks; the exporter checks this up front")
+        raise AssertionError("QMoE needs whole blocks; the exporter zero-pads the experts to them")
     return quantize(w, spec, scale_dtype)
 
 

@@ -101,12 +101,14 @@ class Manifest:
 
 
 def _check_dims(d: ZayaDims, where: str) -> None:
-    sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+    sizes = ("vocab_size", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
              "num_experts", "moe_intermediate_size", "router_hidden_size", "cca_time0", "cca_time1")
-    bad = [n for n in sizes if getattr(d, n) < 1]
+    bad = [n for n in sizes if getattr(d, n) < 1] + (["num_layers"] if d.num_layers < 0 else [])
     if bad:
         raise ArtifactError(f"{where}: dims.{bad[0]} must be positive, got {getattr(d, bad[0])}")
     if len(d.layer_types) != d.num_layers or d.num_heads % d.num_kv_heads:
         raise ArtifactError(f"{where}: dims are inconsistent (layer_types or head counts)")
     if set(d.layer_types) - set(d.rope_theta) or set(d.layer_types) - set(d.partial_rotary_factor):
         raise ArtifactError(f"{where}: dims lack rope settings for a layer type")
+    if set(d.rope_type) - set(d.rope_theta) or set(d.rope_scaling) - set(d.rope_type):
+        raise ArtifactError(f"{where}: dims have rope types or scaling for a layer type without rope settings")

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from zaya_edge.artifact import Artifact
+from zaya_edge.ort_session import run_failure
 
 
 class DecoderSession:
@@ -51,7 +52,17 @@ class DecoderSession:
         return self.session.io_binding()
 
     def run(self, binding: ort.IOBinding) -> None:
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            raise run_failure(exc, self.artifact) from None
+
+    def run_feeds(self, feed: dict) -> list:
+        """A plain `session.run(None, feed)` (quality, the HF adapter), with the same error rule."""
+        try:
+            return self.session.run(None, feed)
+        except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            raise run_failure(exc, self.artifact) from None
 
 
 def bind(binding: ort.IOBinding, name: str, array: np.ndarray, output: bool = False) -> None:

@@ -162,3 +162,16 @@ def test_graph_dtypes_and_static_dims_are_checked(art, change, needle):
         return
     with pytest.raises(ArtifactError, match=needle):
         _check_io(session, manifest)
+
+
+def test_a_manifest_promising_more_context_than_the_graph_holds_is_one_line(art):
+    """context_length raised past the graph's RoPE tables: the run fails inside onnxruntime, and
+    that reaches the caller as one ArtifactError, not onnxruntime's traceback."""
+    from zaya_edge.runtime import Engine, SamplingParams
+
+    real = A.Artifact.open(art).context_length
+    edit_manifest(art, lambda m: m.update(context_length=real * 4))
+    engine = Engine.load(art)
+    with pytest.raises(ArtifactError, match="does not hold what its manifest says") as info:
+        engine.generate([5] * (real + 8), SamplingParams(max_new_tokens=2)).text()
+    assert "\n" not in str(info.value)

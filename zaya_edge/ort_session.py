@@ -35,7 +35,7 @@ def session_options(threads: int | None, custom_ops: str | bool | None):
     if threads is not None and threads < 1:
         raise RequestError(f"threads must be >= 1, got {threads}")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failing run becomes our own one-line error (run_failure)
     # the default, pinned: below ALL, QMoE does not get its scales as constant initializers at
     # prepack time and falls back to dequantize + SGEMM (decode 12x slower, BENCHMARKS.md)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -96,3 +96,13 @@ def _same_tensor(spec, graph_type: str, graph_shape) -> bool:
     if _ORT_TYPES.get(spec.dtype) != graph_type or len(spec.shape) != len(graph_shape):
         return False
     return all(m == g for m, g in zip(spec.shape, graph_shape) if isinstance(m, int) or isinstance(g, int))
+
+
+def run_failure(exc: Exception, artifact) -> ArtifactError:
+    """onnxruntime failing inside a run of a graph that loaded and matched its manifest means the
+    artifact promised more than its graph holds (e.g. a context longer than its RoPE tables):
+    one line naming the artifact, not onnxruntime's traceback."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    return ArtifactError(f"the graph of {artifact.folder} failed while running ({first}): "
+                         "the artifact does not hold what its manifest says; re-export it")

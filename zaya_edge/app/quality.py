@@ -136,7 +136,10 @@ class ArtifactLogits:
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step][None]
             feed = {A.INPUT_IDS: chunk, A.ATTENTION_MASK: np.ones((1, start + chunk.shape[1]), np.int64), **state}
-            out = dict(zip(self.outputs, self.session.run(None, feed)))
+            try:
+                out = dict(zip(self.outputs, self.session.run(None, feed)))
+            except Exception as exc:  # onnxruntime's own error types
+                raise run_failure(exc, self.artifact) from None
             state = A.next_state(self.dims, out)
             yield from out[A.LOGITS][0]
 

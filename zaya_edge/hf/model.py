@@ -139,7 +139,7 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
             states = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
             return np.concatenate([p[0] for p in parts]), states
         feed = {A.INPUT_IDS: ids, A.ATTENTION_MASK: mask, **past}
-        outputs = dict(zip(self._output_names, self.session.session.run(None, feed)))
+        outputs = dict(zip(self._output_names, self.session.run_feeds(feed)))
         return outputs[A.LOGITS], A.next_state(self.artifact.dims, outputs)
 
 

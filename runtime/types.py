@@ -15,8 +15,8 @@ from zaya_edge.errors import RequestError
 
 def check_temperature(value: float) -> float:
     """One rule for every sampler setting that carries a temperature (0 = greedy)."""
-    if not (value >= 0):
-        raise RequestError(f"temperature must be >= 0, got {value}")
+    if not (0 <= value < float("inf")):
+        raise RequestError(f"temperature must be a finite number >= 0, got {value}")
     return value
 
 

@@ -54,3 +54,9 @@ def test_the_python_api_validates_like_the_cli(tiny_artifact):
     with pytest.raises(ContextFullError):
         engine.generate_batch([Request((4, 5), SamplingParams(max_new_tokens=engine.context_length))])
     assert len(engine.generate_batch([Request((4, 5), SamplingParams(max_new_tokens=2))])[0].tokens) <= 2
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -0.5])
+def test_a_temperature_must_be_finite(value):
+    with pytest.raises(RequestError, match="temperature"):
+        SamplingParams(temperature=value)

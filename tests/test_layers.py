@@ -96,3 +96,27 @@ def test_only_the_app_layer_imports_both_sides():
     assert both == []
     app = {n for p in _layer_files("app") for n in _imports(p)}
     assert any(n.startswith("zaya_edge.export") for n in app) and any(n.startswith("zaya_edge.runtime") for n in app)
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Modules a file imports when it is imported (top-level statements, `if`/`try` blocks too)."""
+    found, todo = set(), list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo += node.body + node.orelse + getattr(node, "finalbody", []) + \
+                [n for h in getattr(node, "handlers", []) for n in h.body]
+    return found
+
+
+def test_nothing_in_zaya_edge_needs_torch_to_import():
+    """Every module of the zaya_edge folder (the hf adapter and the app layer too) imports
+    without torch, transformers or optimum: those are imported where a function needs them."""
+    heavy = ("torch", "transformers", "optimum")
+    offenders = [f"{p.relative_to(ROOT)} imports {n}" for p in sorted((ROOT / "zaya_edge").rglob("*.py"))
+                 for n in sorted(_module_level_imports(p)) if n.split(".")[0] in heavy]
+    assert offenders == []

@@ -26,14 +26,27 @@ itself (the model is stateful), cropping by the cache; attentions and hidden sta
 outputs of the graph.
 """
 
-try:
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"zaya_edge.hf needs the [hf] extra (torch, transformers>=5.23): {exc}") from None
+import importlib
 
-from .cache import ZayaStateCache
-from .model import ZayaORTForCausalLM
-from .tokenizer import load_tokenizer
+# public name -> (module, attribute, whether the attribute builds the class on first use)
+_EXPORTS = {
+    "ZayaORTForCausalLM": ("model", "model_class", True),
+    "ZayaStateCache": ("cache", "cache_class", True),
+    "load_tokenizer": ("tokenizer", "load_tokenizer", False),
+}
+__all__ = list(_EXPORTS)
 
-__all__ = ["ZayaORTForCausalLM", "ZayaStateCache", "load_tokenizer"]
+
+def __getattr__(name: str):
+    """The classes are made when first asked for, so `import zaya_edge.hf` needs no torch."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        importlib.import_module("torch")
+        importlib.import_module("transformers")
+    except ImportError as exc:
+        raise ImportError(f"zaya_edge.hf needs the [hf] extra (torch, transformers>=5.23): {exc}") from None
+    module, attribute, builds = _EXPORTS[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value = value() if builds else value
+    return value

@@ -7,20 +7,31 @@ the next call's past), keyed by the graph's past input names (graph_io.zero_stat
 
 Cropping is refused: the conv window and the delayed value of earlier positions are not kept,
 so a cache cannot be rolled back (what assisted decoding and DoLa would need).
+
+The methods live in a plain class and `cache_class()` joins them to transformers' `Cache` on
+first use, so importing zaya_edge never imports transformers (the runtime runs without it).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-import torch
-from transformers.cache_utils import Cache
 
 from zaya_edge import graph_io as G
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import RequestError
 
 
-class ZayaStateCache(Cache):
+@functools.cache
+def cache_class() -> type:
+    """ZayaStateCache: the methods below on transformers' Cache (built once, on first use)."""
+    from transformers.cache_utils import Cache
+
+    return type("ZayaStateCache", (StateCacheMethods, Cache), {"__module__": __name__, "__doc__": StateCacheMethods.__doc__})
+
+
+class StateCacheMethods:
     """The KV, conv and delayed-value states of a batch; empty until the first forward."""
 
     def __init__(self, dims: ZayaDims, max_length: int):
@@ -63,11 +74,11 @@ class ZayaStateCache(Cache):
         if self.states is not None:
             self.states = {k: np.ascontiguousarray(v[rows]) for k, v in self.states.items()}
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+    def reorder_cache(self, beam_idx) -> None:
         """Beam search: row i becomes the old row beam_idx[i], for every kind of state."""
         self._index(np.asarray(beam_idx.cpu(), np.int64))
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
+    def batch_select_indices(self, indices) -> None:
         self._index(np.asarray(indices.cpu(), np.int64))
 
     def batch_repeat_interleave(self, repeats: int) -> None:

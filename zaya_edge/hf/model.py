@@ -3,17 +3,18 @@
 The session is the runtime's DecoderSession (Artifact.open_session: custom ops, IO checks), so
 there is one way to run an artifact; this class only converts tensors and keeps the states in
 a ZayaStateCache between the calls generate() makes.
+
+The methods live in a plain class and `model_class()` joins them to PreTrainedModel and
+GenerationMixin on first use: importing zaya_edge never imports torch or transformers (the
+runtime runs without them); torch is imported where a method needs it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
-import torch
-from transformers import AutoConfig, GenerationConfig, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
@@ -21,28 +22,48 @@ from zaya_edge.runtime import Engine
 from zaya_edge.runtime.session import DecoderSession
 from zaya_edge.runtime.tokenizer import Tokenizer
 
-from .cache import ZayaStateCache
+from .cache import cache_class
 
 UNSUPPORTED = ("inputs_embeds", "labels", "output_attentions", "output_hidden_states", "output_router_logits")
 
-# generate() hands the states around as `cache` from transformers 5.24 on, as `past_key_values`
-# before; the name follows the installed version (the forward takes both).
-CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
-# pipeline("text-generation") checks the model's class name against this table and logs an
-# error with every supported name when it is absent; the key is no config's model type, so
-# the Auto classes never resolve it.
-MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("zaya_edge_ort", "ZayaORTForCausalLM")
+@functools.cache
+def cache_key() -> str:
+    """generate() hands the states around as `cache` from transformers 5.24 on, as
+    `past_key_values` before; the name follows the installed version (the forward takes both)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
+def __getattr__(name: str):
+    if name == "CACHE_KEY":  # a module constant to its users, computed when transformers is there
+        return cache_key()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def model_class() -> type:
+    """ZayaORTForCausalLM: the methods below on PreTrainedModel + GenerationMixin (built once)."""
+    from transformers import GenerationMixin, PreTrainedModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    # pipeline("text-generation") checks the model's class name against this table and logs an
+    # error with every supported name when it is absent; the key is no config's model type, so
+    # the Auto classes never resolve it.
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("zaya_edge_ort", "ZayaORTForCausalLM")
+    return type("ZayaORTForCausalLM", (ArtifactCausalLM, PreTrainedModel, GenerationMixin),
+                {"__module__": __name__, "__doc__": ArtifactCausalLM.__doc__})
+
+
+class ArtifactCausalLM:
     """An artifact's decoder graph as a transformers causal LM (CPU tensors in and out)."""
 
     main_input_name = "input_ids"
     base_model_prefix = "zaya"
     _is_stateful = True  # transformers refuses assisted decoding itself, with its own message
 
-    def __init__(self, session: DecoderSession, config, generation_config: GenerationConfig):
+    def __init__(self, session: DecoderSession, config, generation_config):
         super().__init__(config)
         self.session = session
         self.artifact = session.artifact
@@ -52,7 +73,7 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, artifact_dir: str | os.PathLike | A.Artifact, *, threads: int | None = None,
                         provider: str = "cpu", custom_ops: str | bool | None = None,
-                        verify: bool = False) -> "ZayaORTForCausalLM":
+                        verify: bool = False):
         """Open an artifact folder: its config.json, generation config and graph session.
 
         `custom_ops`: None uses the native kernels when built, False the graph's function
@@ -65,11 +86,15 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ---- what generate() and pipelines read ---------------------------------------------------
     @property
-    def device(self) -> torch.device:
+    def device(self):
+        import torch
+
         return torch.device("cpu")  # onnxruntime copies in and out; tensors stay on the host
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self):
+        import torch
+
         return torch.float32
 
     @property
@@ -81,18 +106,16 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
         """generate() gets a ZayaStateCache (a DynamicCache has nowhere for the CCA states)."""
-        if model_kwargs.get(CACHE_KEY) is None and generation_config.use_cache is not False:
-            model_kwargs[CACHE_KEY] = self.new_cache()
+        if model_kwargs.get(cache_key()) is None and generation_config.use_cache is not False:
+            model_kwargs[cache_key()] = self.new_cache()
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)  # a caller's cache
 
-    def new_cache(self) -> ZayaStateCache:
-        return ZayaStateCache(self.artifact.dims, self.artifact.context_length)
+    def new_cache(self):
+        return cache_class()(self.artifact.dims, self.artifact.context_length)
 
     # ---- the call --------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: ZayaStateCache | None = None, use_cache: bool | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
+    def forward(self, input_ids, attention_mask=None, cache=None, use_cache: bool | None = None, **kwargs):
         """Run the graph on new tokens; positions come from the mask (RoPE counts real tokens).
 
         `cache` is updated in place and returned (a new one when None and `use_cache`).
@@ -102,7 +125,7 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
             raise RequestError(f"{asked[0]} is not supported: the artifact's graph returns logits and states only")
         cache = cache if cache is not None else kwargs.get("past_key_values")  # the name before 5.24
         kept = cache if cache is not None else self.new_cache()
-        if not isinstance(kept, ZayaStateCache):
+        if not isinstance(kept, cache_class()):
             raise RequestError(f"cache must be a ZayaStateCache (model.new_cache()), got {type(kept).__name__}")
         ids = _host_array(input_ids)
         if ids.ndim != 2 or not ids.size:
@@ -113,7 +136,10 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
         logits, states = self._run(ids, mask, kept.feeds(ids.shape[0]))
         kept.store(states)
         keep = use_cache if use_cache is not None else self.config.use_cache
-        out = {CACHE_KEY: kept if keep or cache is not None else None}
+        import torch
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        out = {cache_key(): kept if keep or cache is not None else None}
         return CausalLMOutputWithPast(logits=torch.from_numpy(logits), **out)
 
     def _check(self, ids: np.ndarray, mask: np.ndarray, past: int) -> None:
@@ -144,12 +170,16 @@ class ZayaORTForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 def _host_array(tensor) -> np.ndarray:
+    import torch
+
     array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def _model_config(artifact: A.Artifact):
     """transformers' config from the artifact's config.json (its `zaya` model type)."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(str(artifact.path(A.CONFIG_FILE)))
     except (OSError, ValueError, KeyError) as exc:
@@ -158,8 +188,10 @@ def _model_config(artifact: A.Artifact):
     return config
 
 
-def _generation_config(session: DecoderSession, config) -> GenerationConfig:
+def _generation_config(session: DecoderSession, config):
     """generation_config.json when listed, with the runtime's stop tokens (as `zaya-edge run`)."""
+    from transformers import GenerationConfig
+
     artifact = session.artifact
     gen = GenerationConfig.from_model_config(config)
     if artifact.has(A.GENERATION_CONFIG_FILE):

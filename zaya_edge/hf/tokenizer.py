@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 
-from transformers import PreTrainedTokenizerFast
-
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 
-def load_tokenizer(artifact_dir: str | os.PathLike | A.Artifact) -> PreTrainedTokenizerFast:
+def load_tokenizer(artifact_dir: str | os.PathLike | A.Artifact):
     """A left-padding fast tokenizer over the artifact's tokenizer.json (generation pads left)."""
+    from transformers import PreTrainedTokenizerFast
+
     artifact = artifact_dir if isinstance(artifact_dir, A.Artifact) else A.Artifact.open(artifact_dir)
     codec = Tokenizer.from_artifact(artifact)
     if codec is None:

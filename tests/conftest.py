@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "tiny-fp32"
     export_model(folder, out, precision="fp32", progress=False)
     return model, out
+
+
+@pytest.fixture
+def art(tiny_artifact, tmp_path):
+    """A private copy of the tiny fp32 artifact that a test may damage."""
+    return Path(shutil.copytree(tiny_artifact[1], tmp_path / "art"))
+
+
+@pytest.fixture
+def ckpt_copy(tiny_checkpoint, tmp_path):
+    """A private copy of the tiny checkpoint folder that a test may damage."""
+    return Path(shutil.copytree(tiny_checkpoint[1], tmp_path / "ckpt"))

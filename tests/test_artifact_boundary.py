@@ -22,13 +22,6 @@ from zaya_edge.ort_session import _check_io
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 
-@pytest.fixture
-def art(tiny_artifact, tmp_path):
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_artifact[1], dst)
-    return dst
-
-
 @pytest.mark.parametrize("edit, needle", [
     (lambda m: [m], "expected an object, got a list"),
     (lambda m: m.update(files="model.onnx"), "files: expected an object, got a string"),

@@ -49,13 +49,6 @@ def _outcome(folder, tally) -> None:
         tally["refused"] += 1
 
 
-@pytest.fixture
-def ckpt_copy(tiny_checkpoint, tmp_path):
-    dst = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint[1], dst)
-    return dst
-
-
 def test_random_safetensors_headers_and_bytes(ckpt_copy):
     path = ckpt_copy / SHARD
     original = path.read_bytes()

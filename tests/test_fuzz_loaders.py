@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 
@@ -26,13 +25,6 @@ FRAGMENTS = ["{%", "%}", "{{", "}}", "{#", "#}", " for m in messages ", " endfor
              "|", "|join", "|tojson", "|length", "loop.", "index", "(", ")", "[", "]", "~", " * ", " ** ", " % ",
              "'x'", "10", "99999999", "range(", " macro f(a) ", " endmacro ", "f(", " set ns = namespace(a=1) ",
              "ns.a", "message['content']", ".upper()", "raise_exception('no')", " recursive ", "loop(", "\n", "-"]
-
-
-@pytest.fixture
-def art(tiny_artifact, tmp_path):
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_artifact[1], dst)
-    return dst
 
 
 def _outcome(label: str, trial: int, use) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,14 +12,6 @@ import pytest
 from zaya_edge import artifact as A
 from zaya_edge.errors import ZayaEdgeError
 from zaya_edge.runtime import Engine, SamplingParams
-
-
-@pytest.fixture
-def art(tiny_artifact, tmp_path):
-    """A private copy of the tiny artifact that a test may damage."""
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_artifact[1], dst)
-    return dst
 
 
 def test_missing_external_data(art):

@@ -212,7 +212,7 @@ class SequenceBatch:
         bind(b, A.LOGITS, logits, output=True)
         self.session.run(b)
         self._stats.calls += 1
-        cache.commit(start, start + n, new_mask)
+        cache.commit(start, start + n, new_mask, live=len(self._order))
         return logits[:, -1]
 
     def _state_binding(self, start: int, stop: int):

@@ -108,19 +108,21 @@ class StateCache:
         """A contiguous copy of rows [start, stop)'s mask widened by `new_columns` (to fill)."""
         return np.ascontiguousarray(self.mask[start:stop, : self.columns + new_columns])
 
-    def commit(self, start: int, stop: int, new_mask: np.ndarray) -> None:
+    def commit(self, start: int, stop: int, new_mask: np.ndarray, live: int | None = None) -> None:
         """After a call: the new columns are in use and the other state buffer is current.
 
-        Rows outside [start, stop) did not run: their fixed state is carried over and their
-        new columns stay masked (holes).
+        Live rows outside [start, stop) did not run: their fixed state is carried over and their
+        new columns stay masked (holes). Rows from `live` on are free, zero in both buffers
+        (clear_row, reset), so they need no carrying.
         """
         n = new_mask.shape[1]
         cols = slice(self.columns, self.columns + n)
         self.mask[:, cols] = 0
         self.mask[start:stop, cols] = new_mask
         cur, nxt = self.phase, 1 - self.phase
-        if start > 0 or stop < self.slots:
-            outside = np.r_[0:start, stop : self.slots]
+        live = self.slots if live is None else max(live, stop)
+        if start > 0 or stop < live:
+            outside = np.r_[0:start, stop:live]
             for i in range(self.dims.num_layers):
                 self.conv[i][nxt, outside] = self.conv[i][cur, outside]
                 self.recurrent[i][nxt, outside] = self.recurrent[i][cur, outside]

@@ -208,7 +208,8 @@ class _Admission:
 
     def _keep(self, seq: SequenceState, prompt: tuple[int, ...]) -> None:
         """Keep the prompt's prefilled state while a waiting sequence still needs it."""
-        if self.waiting[prompt] <= 0:
+        if self.waiting[prompt] <= 0:  # nobody waits for it any more: forget the prompt
+            self.waiting.pop(prompt, None)
             self.kept.pop(prompt, None)
         elif prompt not in self.kept:
             self.kept[prompt] = self.batch.save(seq.index, seq.logits)

@@ -153,15 +153,16 @@ class _Inflow(_Admission):
         if gone:
             self.pending = collections.deque(s for s in self.pending if not s.job.cancelled)
             self.waiting.subtract(s.request.prompt_ids for s in gone)
+            for prompt in {s.request.prompt_ids for s in gone}:
+                if self.waiting[prompt] <= 0:  # a long-lived server sees many prompts: forget these
+                    self.waiting.pop(prompt, None)
+                    self.kept.pop(prompt, None)
         return gone
 
     def refill(self, finished, live) -> list[_Seq]:
-        """Retire and admit (the engine's policy); returns the admitted. Forgets prompts nobody waits for."""
+        """Retire and admit (the engine's policy); returns the admitted."""
         before = set(live)
         super().refill(finished, live)
-        self.waiting = +self.waiting  # drop zero counts: a long-lived server sees many prompts
-        for prompt in [p for p in self.kept if p not in self.waiting]:
-            del self.kept[prompt]
         return [s for i, s in live.items() if i not in before]
 
 

@@ -36,7 +36,9 @@ class SequenceState:
         self.params = request.params
         self.rng = make_rng(request.params.seed)
         self.tokens: list[int] = []
-        self.seen = set(request.prompt_ids) if request.params.repetition_penalty != 1.0 else set()
+        penalised = request.params.repetition_penalty != 1.0
+        self.seen = set(request.prompt_ids) if penalised else set()  # tokens the penalty applies to
+        self._seen_ids = np.fromiter(self.seen, np.int64, len(self.seen))  # the same, as the sampler takes them
         self.stop_ids = set(request.params.stop_token_ids)
         if not request.params.ignore_eos:
             self.stop_ids |= set(eos_token_ids)
@@ -48,12 +50,13 @@ class SequenceState:
 
     def step(self) -> StepEvent:
         """Sample from the current logits, update text and stop state."""
-        seen = np.fromiter(self.seen, dtype=np.int64) if self.seen else np.empty(0, np.int64)
-        token = sample(self.logits, self.params, self.rng, seen)
+        token = sample(self.logits, self.params, self.rng, self._seen_ids)
         self.logits = None  # consumed: the token must be fed before sampling again
         self.tokens.append(token)
         if self.params.repetition_penalty != 1.0:
-            self.seen.add(token)
+            if token not in self.seen:  # grown per new token, not rebuilt from the set every step
+                self.seen.add(token)
+                self._seen_ids = np.append(self._seen_ids, token)
         if token in self.stop_ids:
             self.finish_reason = "stop" if token in self.params.stop_token_ids else "eos"
             if self.decoder is not None:

@@ -113,3 +113,18 @@ def test_restore_a_snapshot_wider_than_a_cache_with_holes(tiny_artifact):
     assert small.columns == 20 and small.mask[1, :20].sum() == 20 and small.mask[0, :3].sum() == 3
     np.testing.assert_array_equal(small.key[0][1][:, :20], snap.key[0])
     np.testing.assert_array_equal(small.value[-1][1][:, :20], snap.value[-1])
+
+
+def test_the_penalty_follows_every_generated_token():
+    """Greedy with a strong repetition penalty: each pick is penalised from the next step on."""
+    from zaya_edge.runtime.sequence import SequenceState
+    from zaya_edge.runtime.types import Request
+
+    params = SamplingParams(temperature=0.0, repetition_penalty=100.0, max_new_tokens=8, ignore_eos=True)
+    seq = SequenceState(0, Request((1,), params), [], None)
+    logits = np.array([0.0, 9.0, 5.0, 4.0, 3.0], np.float32)  # token 1 is in the prompt
+    picks = []
+    for _ in range(3):
+        seq.logits = logits.copy()
+        picks.append(seq.step().token)
+    assert picks == [2, 3, 4]

@@ -30,6 +30,3 @@ def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, threa
     run(artifact, host=host, port=port, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
         model_name=model_name, threads=threads)
 
-
-if __name__ == "__main__":  # `python -m zaya_edge.app.cli.serve`, before the command is registered
-    serve()

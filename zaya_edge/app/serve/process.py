@@ -25,22 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_command() -> list[str]:
-    """`zaya-edge serve`, or its module while the command is not registered in the CLI group."""
-    from zaya_edge.app.cli import main
-
-    if "serve" in main.commands:
-        return [sys.executable, "-m", "zaya_edge", "serve"]
-    return [sys.executable, "-m", "zaya_edge.app.cli.serve"]
-
-
 class ServerProcess:
     """`zaya-edge serve ARTIFACT --port P *args` as a child; its output goes to `log` (or is dropped)."""
 
     def __init__(self, artifact: str | Path, *args: str, log: str | Path | None = None, ready_s: float = 60.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [*serve_command(), str(artifact), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.cmd = [*[sys.executable, "-m", "zaya_edge", "serve"], str(artifact), "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.log, self.ready_s = Path(log) if log else None, ready_s
         self.proc: subprocess.Popen | None = None
 

@@ -34,12 +34,11 @@ from .api_errors import APIError, bad_request, from_exception
 from .models import ChatRequest
 from .prepare import DEFAULT_TEMPERATURE, Plan
 from .responses import Reply, usage
-from .streaming import DONE, SSE_HEADERS, Channel, ClientGone, sse
+from .streaming import DONE, SSE_HEADERS, Channel, ClientGone, sse, wait_or_disconnect
 
 # The proxy's defaults (its README); rsa_t has none here: an RSA request says how many rounds.
 ZYPHRA_DEFAULTS = dict(rsa_n=16, rsa_k=4, short_resp_len=8192, tail_window_len=4096, rsa_tail_window=True, rsa_final_n=1)
 PROGRESS_EVERY_S = 0.25
-POLL_S = 0.25
 _PLAIN_ONLY = ("stop", "logprobs", "top_k", "min_p", "repetition_penalty", "ignore_eos")
 
 
@@ -144,7 +143,7 @@ async def respond(served, body: ChatRequest, settings: MarkovianRSA, fields: dic
             served.rsa_slots.release()
 
     future = asyncio.get_running_loop().run_in_executor(None, work)
-    reply = Reply(True, served.model, Plan([Request(tuple(served.engine.codec.chat_prompt(problem)))], 0, 1, None),
+    reply = Reply(True, served.model, Plan([Request(())], 0, 1, None),
                   served.engine.codec, split_reasoning=not body.reasoning_inline)
     if body.stream:
         first = await _next(progress.channel, future)  # a solve refused up front is still a plain 400
@@ -153,7 +152,7 @@ async def respond(served, body: ChatRequest, settings: MarkovianRSA, fields: dic
         return StreamingResponse(_stream(reply, first, progress, future, fields, body.include_usage),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     try:
-        result = await _wait(future, request)
+        result = await wait_or_disconnect(future, request)
     except ClientGone:
         return JSONResponse({}, status_code=499)
     finally:
@@ -169,15 +168,6 @@ def _final(reply: Reply, result: SolveResult, fields: dict) -> tuple[dict, list[
     entries = reply.add([Delta(0, -1, result.trace, winner.finish_reason)])
     used = usage(meta["prompt_tokens"], meta["generated_tokens"])
     return reply.body(usage=used, rsa_metadata=meta), entries, used, meta
-
-
-async def _wait(future, request: HTTPRequest):
-    while True:
-        done, _ = await asyncio.wait({future}, timeout=POLL_S)
-        if done:
-            return future.result()
-        if await request.is_disconnected():
-            raise ClientGone()
 
 
 async def _next(channel: Channel, future):

@@ -59,11 +59,17 @@ def sse(payload) -> str:
 DONE = "data: [DONE]\n\n"
 
 
-async def wait_or_disconnect(channel: Channel, request: Request):
-    """The next item; ClientGone if the client left first (checked every DISCONNECT_POLL_S)."""
+async def wait_or_disconnect(source, request: Request):
+    """The next item of a Channel, or the result of a future; ClientGone if the client left first
+    (checked every DISCONNECT_POLL_S)."""
+    if isinstance(source, Channel):
+        get = source.get
+    else:  # a future (an RSA solve in a worker thread): shielded, so a timeout does not cancel it
+        def get(timeout):
+            return asyncio.wait_for(asyncio.shield(source), timeout)
     while True:
         try:
-            return await channel.get(DISCONNECT_POLL_S)
+            return await get(DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 raise ClientGone() from None

@@ -86,18 +86,40 @@ class EvalReport:
                 "results": [dataclasses.asdict(r) for r in self.results]}
 
 
-def _derive(seed: int, index: int) -> int:
+def problem_seed(seed: int, index: int) -> int:
+    """The one (eval seed, problem index) -> sampling seed rule, wherever the problem is solved."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _check_task(task: str) -> None:
+def check_task(task: str) -> None:
     if task not in TASKS:
         raise RequestError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and not 1 <= limit <= tiny_arith.HELD_OUT_SIZE:
+        raise RequestError(f"limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
+
+
+def rsa_settings(strategy: MarkovianRSA, seed: int) -> dict:
+    """The settings an RSA EvalReport records."""
+    return dict(population=strategy.population, subset=strategy.subset, rounds=strategy.rounds,
+                budget=strategy.budget, tail=strategy.tail, temperature=strategy.temperature,
+                select=strategy.select, seed=seed)
+
+
+def score_solve(index: int, problem: tiny_arith.Problem, result) -> ProblemResult:
+    """A solved problem's result: the answer's correctness and the final population's share."""
+    last = result.rounds[-1].candidates
+    share = sum(tiny_arith.is_correct(c.answer, problem) for c in last) / len(last)
+    return ProblemResult(index, problem.text, problem.answer, result.answer,
+                         tiny_arith.is_correct(result.answer, problem), result.generated_tokens,
+                         population_correct=share)
+
+
 def task_rsa(task: str = "tiny-arith", **settings) -> MarkovianRSA:
     """Markovian RSA at the task's budget (β) and tail (τ), unless `settings` give them."""
-    _check_task(task)
+    check_task(task)
     return MarkovianRSA(**{"budget": tiny_arith.BUDGET, "tail": tiny_arith.TAIL, **settings})
 
 
@@ -119,9 +141,8 @@ def evaluate(
     seed is replaced by one derived from `seed` and the problem's index. `on_problem(done, total)`
     is called as problems finish.
     """
-    _check_task(task)
-    if limit is not None and not 1 <= limit <= tiny_arith.HELD_OUT_SIZE:
-        raise RequestError(f"limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
+    check_task(task)
+    check_limit(limit)
     if strategy is not None and not isinstance(strategy, MarkovianRSA):
         raise RequestError(f"strategy must be a MarkovianRSA, or None for single sampling; got {strategy!r}")
     if strategy is not None and (temperature is not None or max_new_tokens is not None):
@@ -136,9 +157,7 @@ def evaluate(
         settings = dict(temperature=params.temperature, max_new_tokens=params.max_new_tokens, seed=seed)
         results = _single(engine, problems, params, seed, progress)
     else:
-        settings = dict(population=strategy.population, subset=strategy.subset, rounds=strategy.rounds,
-                        budget=strategy.budget, tail=strategy.tail, temperature=strategy.temperature,
-                        select=strategy.select, seed=seed)
+        settings = rsa_settings(strategy, seed)
         results = _rsa(engine, problems, strategy, seed, progress)
     name = "single" if strategy is None else "rsa"
     return EvalReport(task, name, settings, results, time.perf_counter() - start)
@@ -148,7 +167,7 @@ def _single(engine, problems: Sequence[tiny_arith.Problem], params: SamplingPara
     codec, out = engine.codec, []
     for lo in range(0, len(problems), _CHUNK):
         chunk = problems[lo : lo + _CHUNK]
-        requests = [Request(tuple(codec.chat_prompt(p.text)), dataclasses.replace(params, seed=_derive(seed, lo + i)))
+        requests = [Request(tuple(codec.chat_prompt(p.text)), dataclasses.replace(params, seed=problem_seed(seed, lo + i)))
                     for i, p in enumerate(chunk)]
         for i, (p, c) in enumerate(zip(chunk, engine.generate_batch(requests))):
             answer = extract_boxed(c.text)
@@ -160,10 +179,7 @@ def _single(engine, problems: Sequence[tiny_arith.Problem], params: SamplingPara
 def _rsa(engine, problems: Sequence[tiny_arith.Problem], rsa: MarkovianRSA, seed: int, progress) -> list[ProblemResult]:
     out = []
     for i, p in enumerate(problems):
-        result = dataclasses.replace(rsa, seed=_derive(seed, i)).solve(engine, p.text)
-        last = result.rounds[-1].candidates
-        share = sum(tiny_arith.is_correct(c.answer, p) for c in last) / len(last)
-        out.append(ProblemResult(i, p.text, p.answer, result.answer, tiny_arith.is_correct(result.answer, p),
-                                 result.generated_tokens, population_correct=share))
+        result = dataclasses.replace(rsa, seed=problem_seed(seed, i)).solve(engine, p.text)
+        out.append(score_solve(i, p, result))
         progress(len(out), len(problems))
     return out

@@ -11,10 +11,11 @@ import dataclasses
 from typing import Callable
 
 from zaya_edge.app import tiny_arith
-from zaya_edge.app.eval import TASKS, ProblemResult
-from zaya_edge.app.eval import _derive as problem_seed  # the one (seed, index) -> seed rule
+from zaya_edge.app.eval import ProblemResult, check_limit, check_task, problem_seed, rsa_settings, score_solve
 from zaya_edge.errors import RequestError
 from zaya_edge.runtime.rsa import CheckpointStore, MarkovianRSA, RoundProgress
+
+__all__ = ["ResumableProblemResult", "rsa_problems", "rsa_settings", "solve_problem"]
 
 
 @dataclasses.dataclass
@@ -26,20 +27,11 @@ class ResumableProblemResult(ProblemResult):
 
 def rsa_problems(task: str, limit: int | None, strategy) -> list[tiny_arith.Problem]:
     """The held-out problems an RSA eval of `task` runs, after the checks `evaluate` makes."""
-    if task not in TASKS:
-        raise RequestError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if limit is not None and not 1 <= limit <= tiny_arith.HELD_OUT_SIZE:
-        raise RequestError(f"limit must be 1..{tiny_arith.HELD_OUT_SIZE} (the held-out set's size), got {limit}")
+    check_task(task)
+    check_limit(limit)
     if not isinstance(strategy, MarkovianRSA):
         raise RequestError(f"a distributed eval runs Markovian RSA: strategy must be a MarkovianRSA, got {strategy!r}")
     return tiny_arith.held_out_set(limit)
-
-
-def rsa_settings(strategy: MarkovianRSA, seed: int) -> dict:
-    """The settings an RSA EvalReport records."""
-    return dict(population=strategy.population, subset=strategy.subset, rounds=strategy.rounds,
-                budget=strategy.budget, tail=strategy.tail, temperature=strategy.temperature,
-                select=strategy.select, seed=seed)
 
 
 def solve_problem(
@@ -54,8 +46,5 @@ def solve_problem(
     """Problem `index` of the eval at `seed`, resumed from `checkpoint` if it holds completed rounds."""
     rsa = dataclasses.replace(strategy, seed=problem_seed(seed, index))
     result = rsa.solve(engine, problem.text, on_progress=on_progress, checkpoint=checkpoint)
-    last = result.rounds[-1].candidates
-    share = sum(tiny_arith.is_correct(c.answer, problem) for c in last) / len(last)
-    return ResumableProblemResult(index, problem.text, problem.answer, result.answer,
-                                  tiny_arith.is_correct(result.answer, problem), result.generated_tokens,
-                                  population_correct=share, resumed_rounds=result.resumed_rounds)
+    scored = score_solve(index, problem, result)
+    return ResumableProblemResult(**dataclasses.asdict(scored), resumed_rounds=result.resumed_rounds)

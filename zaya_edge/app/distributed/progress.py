@@ -7,9 +7,10 @@ few times a second; `ClusterBar` draws it as one tqdm bar in the driver's termin
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from tqdm import tqdm
+
+from zaya_edge.app.progress import clock
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class ClusterBar:
     def __call__(self, p: ClusterProgress) -> None:
         self.bar.total = p.total
         lost = f" ({p.lost} lost)" if p.lost else ""
-        eta = "?" if p.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
+        eta = "?" if p.eta_s is None else clock(p.eta_s)
         self.bar.set_postfix_str(f"{p.actors} actor(s){lost}, {len(p.running)} running, "
                                  f"{p.generated_tokens} tok, {p.tokens_per_s:.1f} tok/s, ETA {eta}", refresh=False)
         self.bar.update(p.done - self.bar.n)

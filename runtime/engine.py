@@ -30,6 +30,15 @@ from .tokenizer import Tokenizer
 from .types import BatchProgress, Completion, Request, SamplingParams
 
 
+def stop_token_ids(artifact, tokenizer: Tokenizer | None) -> list[int]:
+    """The tokens that end a generation: the artifact's eos ids, and ChatML's end of turn."""
+    ids = list(artifact.eos_token_ids)
+    end = tokenizer.token_id("<|im_end|>") if tokenizer is not None else None
+    if end is not None and end not in ids:
+        ids.append(end)  # a chat turn ends there
+    return ids
+
+
 class Engine:
     """A loaded artifact. Thread-compatible: one generation at a time per engine."""
 
@@ -39,11 +48,7 @@ class Engine:
         self.dims = session.dims
         self.tokenizer = tokenizer
         self.max_batch = max_batch
-        self.eos_token_ids = list(session.artifact.eos_token_ids)
-        if tokenizer is not None:
-            end = tokenizer.token_id("<|im_end|>")
-            if end is not None and end not in self.eos_token_ids:
-                self.eos_token_ids.append(end)  # a chat turn ends there
+        self.eos_token_ids = stop_token_ids(session.artifact, tokenizer)
 
     @classmethod
     def load(
@@ -120,11 +125,9 @@ class Engine:
         return [SequenceState(i, r, self.eos_token_ids, self.tokenizer) for i, r in enumerate(requests)]
 
     def _run(self, seqs: list[SequenceState], cancelled: Callable[[], bool], stats: GenerationStats) -> Iterator[list[StepEvent]]:
-        """All sequences through one batch of up to max_batch slots, admitted by `_Admission`."""
+        """All sequences (checked by the caller) through one batch of up to max_batch slots."""
         if not seqs:
             return
-        for s in seqs:
-            self.check(s.request)
         start = time.perf_counter()
         longest = max(len(s.request.prompt_ids) + s.params.max_new_tokens for s in seqs)
         batch = SequenceBatch(self.session, min(len(seqs), self.max_batch), capacity=longest)
@@ -146,6 +149,8 @@ class Engine:
         stop = threading.Event()
         t0 = time.perf_counter()
         generated = finished = 0
+        for r in requests:  # every request, before any of them runs
+            self.check(r)
         seqs = self._states(requests)
         for events in self._run(seqs, stop.is_set, stats):
             generated += sum(1 for e in events if e.token >= 0)

@@ -18,7 +18,7 @@ import numpy as np
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
-from zaya_edge.runtime import Engine
+from zaya_edge.runtime.engine import stop_token_ids
 from zaya_edge.runtime.session import DecoderSession
 from zaya_edge.runtime.tokenizer import Tokenizer
 
@@ -200,7 +200,7 @@ def _generation_config(session: DecoderSession, config):
             gen = GenerationConfig.from_pretrained(artifact.folder, config_file_name=A.GENERATION_CONFIG_FILE)
         except (OSError, ValueError, KeyError) as exc:
             raise _unreadable(artifact, A.GENERATION_CONFIG_FILE, exc) from None
-    eos = Engine(session, Tokenizer.from_artifact(artifact)).eos_token_ids
+    eos = stop_token_ids(artifact, Tokenizer.from_artifact(artifact))  # as the Engine stops
     gen.eos_token_id = eos if len(eos) > 1 else eos[0]
     if gen.pad_token_id is None:
         gen.pad_token_id = artifact.dims.pad_token_id if artifact.dims.pad_token_id is not None else eos[0]

@@ -98,8 +98,12 @@ def test_sampling_settings_follow_the_samplers_rules(kw):
 
 
 def test_settings_are_kept_as_given():
+    """Validated once, never rewritten: max_memory is bytes as given (parsing '6GB' is the CLI's)."""
     strategy = rsa(max_memory=6 * 10**9)
     assert strategy.max_memory == 6 * 10**9 and strategy.final_budget == 300
+    assert strategy.stage_budget(strategy.rounds) == 300 and strategy.stage_budget(0) == strategy.budget
+    with pytest.raises(RequestError, match="max_memory"):
+        rsa(max_memory="6GB")
 
 
 def test_a_word_tail_over_the_token_bound_is_refused_before_its_round():

@@ -70,10 +70,17 @@ def test_more_requests_than_slots_refill_and_match_single_runs(tiny_artifact):
     assert [len(c.tokens) for c in together] == list(budgets)
 
 
-def test_identical_prompts_prefill_once_and_fork(engine, tiny_artifact):
+def test_identical_prompts_prefill_once_and_fork(engine, tiny_artifact, monkeypatch):
+    from zaya_edge.runtime import batch
+
     prompt = _prompts(tiny_artifact[0].config.vocab_size, (13,), seed=4)[0]
     reqs = [Request(prompt, SamplingParams(temperature=1.0, max_new_tokens=12, seed=s, ignore_eos=True)) for s in range(4)]
+    prefilled = []
+    real = batch.SequenceBatch._prefill
+    monkeypatch.setattr(batch.SequenceBatch, "_prefill", lambda self, ps: prefilled.append(len(ps)) or real(self, ps))
     forked = engine.generate_batch(reqs)
+    monkeypatch.undo()
+    assert prefilled == [1]  # one prompt prefilled, the other three rows forked from it
     assert engine.last_stats.prompt_tokens == 4 * 13
     alone = [engine.generate_batch([r])[0].tokens for r in reqs]
     assert [c.tokens for c in forked] == alone

@@ -4,6 +4,9 @@ Beside the KV cache each layer has a conv window and a delayed value; all four k
 batch as their first axis, so reordering beams, repeating or selecting rows is one index along
 axis 0 of every array. The arrays stay numpy (concat mode: each call's present states become
 the next call's past), keyed by the graph's past input names (graph_io.zero_state).
+Concat mode costs a copy of the KV cache per call (onnxruntime writes a new present per
+layer); the runtime's engine avoids it with preallocated buffers bound in place (runtime/
+cache.py). For transformers' generate() on long contexts that copy is the price of this adapter.
 
 Cropping is refused: the conv window and the delayed value of earlier positions are not kept,
 so a cache cannot be rolled back (what assisted decoding and DoLa would need).

@@ -22,8 +22,9 @@ import numpy as np
 from zaya_edge import artifact as A
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import CheckpointError, RequestError, ZayaEdgeError
+from zaya_edge.typed_json import json_object
 
-from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, finite, json_object, not_float
+from .safetensors_file import FLOAT_DTYPES, SafetensorsFile, finite, not_float
 
 _TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16", "torch.float64": "F64"}
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -88,7 +89,7 @@ def load_json(folder: Path, name: str, limit: int) -> dict:
         raw = confined(folder, name, limit).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read {folder / name}: {exc}") from None
-    return json_object(raw, str(folder / name))
+    return json_object(raw, str(folder / name), CheckpointError)
 
 
 def _dims(read, source) -> ZayaDims:

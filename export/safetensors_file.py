@@ -7,7 +7,6 @@ be finite floats; integer tensors and NaN/Inf values are refused naming the tens
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from zaya_edge.errors import CheckpointError
+from zaya_edge.typed_json import json_object
 
 # safetensors' numpy backend cannot return bf16 (numpy has no such dtype) and its torch
 # backend would make torch a hard requirement for reading. The format is a little-endian u64
@@ -35,17 +35,6 @@ def finite(name: str, values: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
         raise CheckpointError(f"tensor {name} holds NaN or infinite values")
     return values
-
-
-def json_object(raw: bytes, what: str) -> dict:
-    """`raw` parsed as a JSON object, or one CheckpointError line naming `what`."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what} is not a JSON object")
-    return data
 
 
 def not_float(name: str, dtype: str) -> str:
@@ -109,7 +98,7 @@ def _read_header(path: Path, file: str) -> tuple[dict, int]:
             raw = f.read(n)
     except OSError as exc:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
-    header = json_object(raw, f"the safetensors header of {file}")
+    header = json_object(raw, f"the safetensors header of {file}", CheckpointError)
     header.pop("__metadata__", None)
     _check_layout(header, size - 8 - n, file)
     return header, 8 + n

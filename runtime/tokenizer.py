@@ -9,7 +9,6 @@ characters cannot fit.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
+from zaya_edge.typed_json import json_object
 
 from .chat_template import ChatTemplate, first_line
 
@@ -144,13 +144,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(_read_text(path))
-    except (ValueError, RecursionError) as exc:  # bad JSON, or a number past the digit limit
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"{path} is not a JSON object")
-    return config
+    return json_object(_read_text(path), str(path))
 
 
 def _not_text(value, what: str) -> str | None:

@@ -168,3 +168,12 @@ def test_a_manifest_promising_more_context_than_the_graph_holds_is_one_line(art)
     with pytest.raises(ArtifactError, match="does not hold what its manifest says") as info:
         engine.generate([5] * (real + 8), SamplingParams(max_new_tokens=2)).text()
     assert "\n" not in str(info.value)
+
+
+def test_quality_on_such_an_artifact_is_one_line_too(art):
+    from zaya_edge.app.quality import quality
+
+    real = A.Artifact.open(art).context_length
+    edit_manifest(art, lambda m: m.update(context_length=real * 4))
+    with pytest.raises(ArtifactError, match="does not hold what its manifest says"):
+        quality(art, art, length=real + 8)

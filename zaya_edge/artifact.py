@@ -23,12 +23,12 @@ through `Artifact`, so file names, graph IO names, state shapes and the manifest
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from zaya_edge.config import ZayaDims, eos_id_list
 from zaya_edge.errors import ArtifactError
 from zaya_edge.graph_io import *  # noqa: F401,F403  (the graph IO names are part of the contract)
+from zaya_edge.typed_json import json_object
 from zaya_edge.manifest import FORMAT_VERSION, MANIFEST_FILE, PRECISIONS, FileRecord, Manifest  # noqa: F401
 
 MODEL_FILE = "model.onnx"
@@ -159,13 +159,7 @@ class Artifact:
         return {n: self.path(n) for n in names if self.has(n)}
 
     def _read_json(self, name: str) -> dict:
-        try:
-            data = json.loads(_read_bounded(self.folder, self.path(name).name, MAX_MANIFEST_BYTES).decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a number past the digit limit
-            raise ArtifactError(f"{name} in {self.folder} cannot be read: {exc}") from None
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{name} in {self.folder} is not a JSON object")
-        return data
+        return json_object(_read_bounded(self.folder, self.path(name).name, MAX_MANIFEST_BYTES), f"{name} in {self.folder}")
 
     # ---- running ---------------------------------------------------------------------------
     def open_session(self, *, threads: int | None = None, provider: str = "cpu", custom_ops: str | bool | None = None):

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from zaya_edge.errors import CheckpointError
+from zaya_edge.typed_json import json_object
 
 LAYER_TYPES = ("hybrid", "hybrid_sliding")
 DEFAULT_ROPE = {
@@ -154,14 +155,12 @@ class ZayaDims:
     def from_file(cls, path: str | Path) -> "ZayaDims":
         path = Path(path)
         try:
-            cfg = json.loads(path.read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"no config.json at {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise CheckpointError(f"cannot read {path}: {exc}") from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_dict(cfg)
+        return cls.from_dict(json_object(raw, str(path), CheckpointError))
 
     @property
     def eos_token_ids(self) -> list[int]:

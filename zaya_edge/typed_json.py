@@ -9,11 +9,12 @@ Every mistake is one `ArtifactError` naming the field's path, e.g. `files.model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 
-from zaya_edge.errors import ArtifactError
+from zaya_edge.errors import ArtifactError, ZayaEdgeError
 
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
                float: "a number", type(None): "null"}
@@ -112,3 +113,16 @@ def _decode_scalar(tp, value, where):
             raise _fail(where, "a finite number", value)
         return float(value)
     raise TypeError(f"{where}: no JSON reading for {tp!r}")  # a bug in an annotation, not input
+
+
+def json_object(raw: bytes | str, what: str, error: type[ZayaEdgeError] = ArtifactError) -> dict:
+    """`raw` parsed as a JSON object, or one `error` line naming `what` — the one reader behind
+    every small JSON file (an artifact's configs, a tokenizer's, a checkpoint's, a safetensors
+    header): bad UTF-8, bad JSON, deep nesting, a number past the digit limit, not an object."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{what} is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} is not a JSON object")
+    return data

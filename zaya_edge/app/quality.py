@@ -22,6 +22,7 @@ import numpy as np
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import CheckpointError, RequestError, ZayaEdgeError
+from zaya_edge.ort_session import run_failure
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 DEFAULT_LENGTH = 256

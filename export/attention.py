@@ -20,9 +20,8 @@ import numpy as np
 
 from zaya_edge.config import ZayaDims
 
-from .emitter import INT64_MAX, Emitter
+from .emitter import F32_MIN, INT64_MAX, Emitter
 
-F32_MIN = float(np.finfo(np.float32).min)
 
 
 def _write_new(e: Emitter, path: str, past, new, ctx):

@@ -13,6 +13,8 @@ import numpy as np
 import onnx_ir as ir
 
 INT64_MAX = np.iinfo(np.int64).max
+F32_MIN = float(np.finfo(np.float32).min)  # a masked score: finite, so nothing turns NaN
+FLOAT = ir.DataType.FLOAT
 
 
 class Emitter:

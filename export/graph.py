@@ -28,7 +28,7 @@ from zaya_edge import artifact as A
 
 from .cca import CompressedConvAttention
 from .checkpoint import Checkpoint
-from .emitter import INT64_MAX, Emitter
+from .emitter import F32_MIN, INT64_MAX, Emitter
 from .experts import FUSED, dense_experts
 from .layers import FLOAT, MS, FloatLayers, Layers
 from .plan import ExportPlan
@@ -36,7 +36,6 @@ from .quant_layers import QuantizedLayers
 from .rope import RopeTables
 from .router_op import router_function
 
-F32_MIN = float(np.finfo(np.float32).min)
 
 
 def layers_for(plan: ExportPlan, e: Emitter, ckpt: Checkpoint) -> Layers:

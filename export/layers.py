@@ -14,9 +14,8 @@ import numpy as np
 import onnx_ir as ir
 
 from .checkpoint import Checkpoint
-from .emitter import Emitter
+from .emitter import FLOAT, Emitter
 
-FLOAT = ir.DataType.FLOAT
 MS = "com.microsoft"
 _NARROW = {"BF16": ir.DataType.BFLOAT16, "F16": ir.DataType.FLOAT16}
 

@@ -23,6 +23,11 @@ _MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 _CHUNK_ELEMENTS = 1 << 18  # rows are processed in chunks of ~1 MB of fp32 to stay in cache
 
 
+def whole_blocks(size: int, block: int) -> int:
+    """Blocks of `block` values that hold `size` values (the last one zero-padded)."""
+    return -(-size // block)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
     bits: int = 4
@@ -52,7 +57,7 @@ class Blocks:
 def quantize(w: np.ndarray, spec: QuantSpec, scale_dtype=np.float32) -> Blocks:
     """Quantize a 2-D fp32 matrix row-blockwise (rows are independent; done in chunks)."""
     rows, k = w.shape
-    n_blocks = -(-k // spec.block_size)
+    n_blocks = whole_blocks(k, spec.block_size)
     q = np.empty((rows, n_blocks, spec.block_size), np.uint8)
     scales = np.empty((rows, n_blocks), scale_dtype)
     zps = None if spec.symmetric else np.empty((rows, n_blocks), np.uint8)

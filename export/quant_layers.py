@@ -16,7 +16,7 @@ import onnx_ir as ir
 from .checkpoint import Checkpoint
 from .emitter import Emitter
 from .layers import MS, SWIGLU_TOP1, Layers, interleave_gate_up
-from .quant import QuantSpec
+from .quant import QuantSpec, whole_blocks
 from .quant_layout import matmulnbits_arrays, matmulnbits_shapes, qmoe_expert, qmoe_pack, qmoe_shapes
 
 ACCURACY_LEVEL = 4  # int8 activations: 2.6-4x faster decode for ~0.5% error (onnxruntime-notes)
@@ -197,7 +197,7 @@ class QuantizedLayers(Layers):
 
 def padded(size: int, block: int) -> int:
     """`size` rounded up to whole blocks."""
-    return -(-size // block) * block
+    return whole_blocks(size, block) * block
 
 
 def _pad(w: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quant import Blocks, QuantSpec, pack_nibbles, pack_values, quantize
+from .quant import Blocks, QuantSpec, pack_nibbles, pack_values, quantize, whole_blocks
 
 
 def n_blocks(k: int, spec: QuantSpec) -> int:
-    return -(-k // spec.block_size)
+    return whole_blocks(k, spec.block_size)
 
 
 def packed_zero_point_width(k: int, spec: QuantSpec) -> int:

@@ -23,15 +23,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx_ir as ir
 
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import CheckpointError
 
-from .emitter import Emitter
+from .emitter import FLOAT, Emitter
 
 F32 = np.float32
-FLOAT = ir.DataType.FLOAT
 
 
 def _steps(dim: int, count: int | None = None) -> np.ndarray:

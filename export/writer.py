@@ -28,7 +28,8 @@ from zaya_edge import __version__
 from zaya_edge import artifact as A
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import RequestError, ZayaEdgeError
-from zaya_edge.manifest import Source, TensorSpec
+from zaya_edge.manifest import Source
+from zaya_edge.typed_json import json_object
 
 from .checkpoint import Checkpoint, check_tensors, open_checkpoint
 from .graph import DecoderGraphBuilder
@@ -239,8 +240,8 @@ def _manifest(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, folder: Path)
         all_logits=plan.all_logits,
         context_length=plan.context_length,
         dims=ckpt.dims,
-        inputs=tuple(TensorSpec(n, t, tuple(s)) for n, t, s in inputs),
-        outputs=tuple(TensorSpec(n, t, tuple(s)) for n, t, s in outputs),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
         ops=_ops_used(model),
         files=files,
         source=source,
@@ -262,7 +263,6 @@ def _replace(tmp: Path, out: Path) -> None:
 
 # ---- what may be replaced, and what is left of dead exports ---------------------------------
 OWNER_FILE = ".zaya_edge-export.pid"  # inside a partial folder: "pid host" of the export writing it
-_MANIFEST_LIMIT = 64 << 20
 
 
 def _check_replaceable(out: Path, force: bool) -> None:
@@ -290,12 +290,12 @@ def _is_artifact(folder: Path) -> bool:
     an older zaya-edge is still one to replace)."""
     manifest = folder / A.MANIFEST_FILE
     try:
-        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > _MANIFEST_LIMIT:
+        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > A.MAX_MANIFEST_BYTES:
             return False
-        data = json.loads(manifest.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = json_object(manifest.read_bytes(), str(manifest))
+    except (OSError, ZayaEdgeError):
         return False
-    return isinstance(data, dict) and "format_version" in data
+    return "format_version" in data
 
 
 def _remove_stale(out: Path) -> None:

@@ -29,7 +29,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
-from zaya_edge.errors import ArtifactError, ContextFullError, RequestError, ZayaEdgeError
+from zaya_edge.errors import ArtifactError, ContextFullError, RequestError, ZayaEdgeError, first_line
 
 TEMPLATE_SECONDS = 2.0
 MAX_TEMPLATE_CHARS = 1 << 20  # a chat template is a few KiB of source
@@ -92,12 +92,6 @@ class ChatTemplate:
         finally:
             pieces.close()
         return "".join(parts)
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message as one short line (its type when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _raise_exception(message) -> None:

@@ -15,10 +15,10 @@ from typing import Sequence
 from tokenizers import Tokenizer as HFTokenizer
 
 from zaya_edge import artifact as A
-from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
+from zaya_edge.errors import ArtifactError, ContextFullError, RequestError, first_line
 from zaya_edge.typed_json import json_object
 
-from .chat_template import ChatTemplate, first_line
+from .chat_template import ChatTemplate
 
 MAX_PROMPT_CHARS = 1 << 22  # ~1M tokens of text: beyond any context, whatever the vocabulary
 MAX_CONFIG_BYTES = 16 << 20  # tokenizer_config.json, chat_template.jinja

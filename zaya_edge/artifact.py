@@ -84,7 +84,7 @@ class Artifact:
         path = folder / MANIFEST_FILE
         if not path.exists():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}: not a zaya-edge artifact")
-        raw = _read_bounded(folder, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        raw = _read_bounded(_confined(folder, MANIFEST_FILE), MAX_MANIFEST_BYTES)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -97,11 +97,10 @@ class Artifact:
 
     def _check_sizes(self) -> None:
         for name, record in self.manifest.files.items():
-            f = _confined(self.folder, name)
-            if f.stat().st_size != record.bytes:
+            size = _confined(self.folder, name).stat().st_size
+            if size != record.bytes:
                 raise ArtifactError(
-                    f"artifact file {name} is {f.stat().st_size} bytes, manifest says {record.bytes}: "
-                    "truncated or replaced"
+                    f"artifact file {name} is {size} bytes, manifest says {record.bytes}: truncated or replaced"
                 )
 
     def verify(self) -> None:
@@ -159,7 +158,7 @@ class Artifact:
         return {n: self.path(n) for n in names if self.has(n)}
 
     def _read_json(self, name: str) -> dict:
-        return json_object(_read_bounded(self.folder, self.path(name).name, MAX_MANIFEST_BYTES), f"{name} in {self.folder}")
+        return json_object(_read_bounded(self.path(name), MAX_MANIFEST_BYTES), f"{name} in {self.folder}")
 
     # ---- running ---------------------------------------------------------------------------
     def open_session(self, *, threads: int | None = None, provider: str = "cpu", custom_ops: str | bool | None = None):
@@ -191,12 +190,11 @@ def _confined(folder: Path, name: str) -> Path:
     return path
 
 
-def _read_bounded(folder: Path, name: str, limit: int) -> bytes:
-    """The bytes of a small file, refused before reading when it is larger than `limit`."""
-    path = _confined(folder, name)
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a small, already confined file, refused before reading when larger than `limit`."""
     size = path.stat().st_size
     if size > limit:
-        raise ArtifactError(f"{path} is {size} bytes, more than the {limit} a {name} can be")
+        raise ArtifactError(f"{path} is {size} bytes, more than the {limit} a {path.name} can be")
     try:
         return path.read_bytes()
     except OSError as exc:

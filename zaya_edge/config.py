@@ -164,7 +164,7 @@ class ZayaDims:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        return eos_id_list(self.eos_token_id) or []
+        return eos_id_list(self.eos_token_id)  # the field's type was checked when it was read
 
 
 _CONFIG_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",

@@ -34,7 +34,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import ZayaEdgeError, first_line
 
 ENV_VAR = "ZAYA_EDGE_CUSTOM_OPS"
 ABI_VERSION = 1  # must equal ZAYA_CUSTOM_OPS_ABI in custom_ops/src/custom_ops.cc
@@ -257,7 +257,7 @@ def register(session_options, path: str | Path | None = None) -> LibraryInfo | N
     try:
         session_options.register_custom_ops_library(str(info.path))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeError types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ZayaEdgeError(f"onnxruntime refused custom-op library {info.path}: {first}") from None
     session_options.add_session_config_entry(CONFIG_KEY, str(info.path))
     return info

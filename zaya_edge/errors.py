@@ -30,3 +30,10 @@ class RequestError(ZayaEdgeError, ValueError):
 
 class ContextFullError(RequestError):
     """The prompt plus what it may generate does not fit the context length."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one short line (its type when it has none): how a library's
+    own error (onnxruntime, json, Ray) is quoted inside one of ours."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -6,6 +6,8 @@ the KV cache every layer carries two small CCA states: the conv window and the d
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from zaya_edge.config import ZayaDims
@@ -13,7 +15,7 @@ from zaya_edge.config import ZayaDims
 __all__ = [
     "INPUT_IDS", "ATTENTION_MASK", "LOGITS", "PAST_KEY", "PAST_VALUE", "PAST_CONV", "PAST_RECURRENT",
     "PRESENT_KEY", "PRESENT_VALUE", "PRESENT_CONV", "PRESENT_RECURRENT", "STATE_KINDS", "PAST_NAMES",
-    "PRESENT_NAMES", "state_shape", "io_spec", "zero_state", "next_state",
+    "PRESENT_NAMES", "TensorSpec", "state_shape", "io_spec", "zero_state", "next_state",
 ]
 
 INPUT_IDS = "input_ids"
@@ -49,8 +51,16 @@ def state_shape(dims: ZayaDims, kind: str, batch, length) -> tuple:
     raise ValueError(kind)
 
 
-def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[tuple], list[tuple]]:
-    """(inputs, outputs) as (name, dtype, shape) with symbolic dims as strings.
+class TensorSpec(NamedTuple):
+    """One graph input or output; stored in the manifest as a JSON list [name, dtype, shape]."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) as TensorSpecs with symbolic dims as strings.
 
     Semantics: `attention_mask` is [batch, past + sequence] with 1 for real tokens; every row
     shares the same column positions (left padding and holes are masked, never compacted), so
@@ -59,15 +69,15 @@ def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[tuple], list[tuple]]
     of it is in use.
     """
     inputs = [
-        (INPUT_IDS, "int64", ("batch", "sequence")),
-        (ATTENTION_MASK, "int64", ("batch", "total_sequence")),
+        TensorSpec(INPUT_IDS, "int64", ("batch", "sequence")),
+        TensorSpec(ATTENTION_MASK, "int64", ("batch", "total_sequence")),
     ]
-    outputs = [(LOGITS, "float32", ("batch", "sequence" if all_logits else 1, dims.vocab_size))]
+    outputs = [TensorSpec(LOGITS, "float32", ("batch", "sequence" if all_logits else 1, dims.vocab_size))]
     for i in range(dims.num_layers):
         for kind in STATE_KINDS:
-            inputs.append((PAST_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "past_sequence")))
+            inputs.append(TensorSpec(PAST_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "past_sequence")))
             outputs.append(
-                (PRESENT_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "present_sequence"))
+                TensorSpec(PRESENT_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "present_sequence"))
             )
     return inputs, outputs
 

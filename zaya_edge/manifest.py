@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import NamedTuple
 
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import ArtifactError
-from zaya_edge.graph_io import io_spec
+from zaya_edge.graph_io import TensorSpec, io_spec  # noqa: F401  (TensorSpec: part of the manifest)
 from zaya_edge.typed_json import decode
 
 FORMAT_VERSION = 3  # 2: dims as ZayaDims fields, typed source record; 3: dims gain hidden_act, rope_type, rope_scaling
 PRECISIONS = ("fp32", "int8", "int4")
 MANIFEST_FILE = "zaya_edge.json"
-
-
-class TensorSpec(NamedTuple):
-    """One graph input or output; stored as a JSON list [name, dtype, shape]."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +78,7 @@ class Manifest:
         if self.context_length < 1:
             raise ArtifactError(f"{where}: context_length must be positive, got {self.context_length}")
         inputs, outputs = io_spec(self.dims, self.all_logits)
-        for kind, declared, implied in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
-            want = [TensorSpec(n, t, tuple(s)) for n, t, s in implied]
+        for kind, declared, want in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
             if list(declared) != want:
                 names = {s.name for s in declared}
                 missing = [s.name for s in want if s.name not in names] or [

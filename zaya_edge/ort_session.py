@@ -12,7 +12,7 @@ import dataclasses
 import onnxruntime as ort
 
 from zaya_edge import artifact as A
-from zaya_edge.errors import ArtifactError, RequestError
+from zaya_edge.errors import ArtifactError, RequestError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "rocm": "ROCMExecutionProvider"}
 
@@ -58,7 +58,7 @@ def open_decoder_session(artifact: "A.Artifact", *, threads: int | None = None, 
     try:
         session = ort.InferenceSession(str(model), options, providers=[PROVIDERS[provider]])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ArtifactError(f"cannot load {A.MODEL_FILE} from {artifact.folder} (corrupt or incompatible): {first}") from None
     _check_io(session, artifact.manifest)
     return OrtDecoderSession(session, provider, library)
@@ -102,7 +102,5 @@ def run_failure(exc: Exception, artifact) -> ArtifactError:
     """onnxruntime failing inside a run of a graph that loaded and matched its manifest means the
     artifact promised more than its graph holds (e.g. a context longer than its RoPE tables):
     one line naming the artifact, not onnxruntime's traceback."""
-    text = str(exc).strip()
-    first = text.splitlines()[0][:300] if text else type(exc).__name__
-    return ArtifactError(f"the graph of {artifact.folder} failed while running ({first}): "
+    return ArtifactError(f"the graph of {artifact.folder} failed while running ({first_line(exc)}): "
                          "the artifact does not hold what its manifest says; re-export it")

@@ -14,7 +14,7 @@ import math
 import types
 import typing
 
-from zaya_edge.errors import ArtifactError, ZayaEdgeError
+from zaya_edge.errors import ArtifactError, ZayaEdgeError, first_line
 
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
                float: "a number", type(None): "null"}
@@ -122,7 +122,7 @@ def json_object(raw: bytes | str, what: str, error: type[ZayaEdgeError] = Artifa
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise error(f"{what} is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+        raise error(f"{what} is not valid JSON: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise error(f"{what} is not a JSON object")
     return data

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from zaya_edge.errors import CheckpointError, ZayaEdgeError
+from zaya_edge.errors import CheckpointError, ZayaEdgeError, first_line
 
 
 def check_output(path: str | os.PathLike, force_flag: str | None = None) -> None:
@@ -121,7 +121,7 @@ class JsonCheckpoint:
         except (OSError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from None
         except (json.JSONDecodeError, RecursionError, ValueError) as exc:  # ValueError: a 5000-digit number
-            raise CheckpointError(f"checkpoint {self.path} is corrupt ({str(exc).splitlines()[0][:200]})") from None
+            raise CheckpointError(f"checkpoint {self.path} is corrupt ({first_line(exc)})") from None
 
     def save(self, record: dict) -> None:
         write_json_atomic(self.path, record)

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from zaya_edge import artifact as A
-from zaya_edge.errors import ArtifactError, ContextFullError, RequestError
+from zaya_edge.errors import ArtifactError, ContextFullError, RequestError, first_line
 from zaya_edge.runtime.engine import stop_token_ids
 from zaya_edge.runtime.session import DecoderSession
 from zaya_edge.runtime.tokenizer import Tokenizer
@@ -208,5 +208,5 @@ def _generation_config(session: DecoderSession, config):
 
 
 def _unreadable(artifact: A.Artifact, name: str, exc: Exception) -> ArtifactError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     return ArtifactError(f"{name} in {artifact.folder} cannot be read by transformers (zaya needs >=5.23): {first}")

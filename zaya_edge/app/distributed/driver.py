@@ -19,7 +19,7 @@ from typing import Callable
 
 from zaya_edge.app.eval import EvalReport
 from zaya_edge.artifact import Artifact
-from zaya_edge.errors import ZayaEdgeError
+from zaya_edge.errors import ZayaEdgeError, first_line
 from zaya_edge.runtime.rsa import MarkovianRSA
 
 from . import placement
@@ -100,7 +100,7 @@ def _connect(ray, address: str | None) -> bool:
         else:
             ray.init(include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ZayaEdgeError(f"cannot join the Ray cluster at {address or 'a new local instance'}: {first}") from None
     return True
 
@@ -200,7 +200,7 @@ class _Pool:
     def _lose(self, actor: _Actor, index: int | None, exc: Exception) -> None:
         """Requeue its problem first in line; replace the actor while the restart budget lasts."""
         self.lost += 1
-        self.last_loss = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.last_loss = first_line(exc)
         if index is not None:
             self.queue.appendleft(index)
         self.ray.kill(actor.handle)  # one that only seemed lost must not write the checkpoint again

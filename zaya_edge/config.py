@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from zaya_edge.errors import CheckpointError
-from zaya_edge.typed_json import json_object
+from zaya_edge.typed_json import JSON_NAMES, json_kind, json_object
 
 LAYER_TYPES = ("hybrid", "hybrid_sliding")
 DEFAULT_ROPE = {
@@ -134,14 +134,14 @@ class ZayaDims:
     def from_dict(cls, cfg: dict) -> "ZayaDims":
         """The dims of a config.json's dict; what transformers would refuse is refused here."""
         if not isinstance(cfg, dict):
-            raise CheckpointError(f"a ZAYA config is a JSON object, got {_kind(cfg)}")
+            raise CheckpointError(f"a ZAYA config is a JSON object, got {json_kind(cfg)}")
         if cfg.get("model_type") != "zaya":
             raise CheckpointError(f"not a ZAYA config: model_type is {cfg.get('model_type')!r}, expected 'zaya'")
         _check_finite(cfg)
         for name, kinds in FIELD_TYPES.items():
             if name in cfg and not any(_is(cfg[name], k) for k in kinds):
                 expected = " or ".join(_NAMES.get(k, repr(k)) for k in kinds)
-                raise CheckpointError(f"config field {name} is {_kind(cfg[name])}; "
+                raise CheckpointError(f"config field {name} is {json_kind(cfg[name])}; "
                                       f"transformers' ZayaConfig expects {expected}")
         _check_extras(cfg)
         layer_types = _layer_types(cfg, cfg.get("num_hidden_layers", _DEFAULTS["num_hidden_layers"]))
@@ -179,12 +179,7 @@ _DEFAULTS = {
 
 
 # ---- JSON values and field types ---------------------------------------------------------------
-_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-          float: "a number", _NONE: "null", "list[str]": "a list of strings", "list[int]": "a list of integers"}
-
-
-def _kind(value) -> str:
-    return _NAMES.get(type(value), type(value).__name__)
+_NAMES = {**JSON_NAMES, "list[str]": "a list of strings", "list[int]": "a list of integers"}
 
 
 def _is(value, kind) -> bool:
@@ -220,7 +215,7 @@ def _check_extras(cfg: dict) -> None:
     if labels is not None and not all(re.fullmatch(r"\s*[+-]?\d+(_\d+)*\s*", str(k)) for k in labels):
         raise CheckpointError("config field id2label must map integer ids (as strings) to labels")
     if labels is None and "num_labels" in cfg and type(cfg["num_labels"]) not in (int, bool):
-        raise CheckpointError(f"config key num_labels is {_kind(cfg['num_labels'])}, expected an integer")
+        raise CheckpointError(f"config key num_labels is {json_kind(cfg['num_labels'])}, expected an integer")
     if isinstance(cfg.get("output_hidden_states"), str):
         raise CheckpointError("config field output_hidden_states is a string, expected a boolean")
     for key, names in IMPLEMENTATIONS.items():
@@ -282,7 +277,7 @@ def _rope_source(cfg: dict):
     if "rope_scaling" in cfg:
         rope = cfg["rope_scaling"]
     if not isinstance(rope, dict):
-        raise CheckpointError(f"rope_scaling is {_kind(rope)}: ZayaForCausalLM needs per-layer-type rope parameters")
+        raise CheckpointError(f"rope_scaling is {json_kind(rope)}: ZayaForCausalLM needs per-layer-type rope parameters")
     return rope
 
 
@@ -315,7 +310,7 @@ def _rope_settings(cfg: dict, layer_types: tuple[str, ...], head_dim: int, max_p
 
 def _rope_kind(lt: str, params) -> str:
     if not isinstance(params, dict):
-        raise CheckpointError(f"rope_parameters has no object for {lt} layers (got {_kind(params)})")
+        raise CheckpointError(f"rope_parameters has no object for {lt} layers (got {json_kind(params)})")
     kind = params.get("rope_type", params.get("type", "default"))
     if not isinstance(kind, str) or kind not in ROPE_KEYS:
         raise CheckpointError(f"rope_parameters.{lt}.rope_type {kind!r} is not a RoPE type transformers has")
@@ -334,7 +329,7 @@ def _standardize(params: dict, cfg: dict, lt: str, before: bool) -> None:
 
 def _number(value, where: str) -> float:
     if type(value) not in (int, float, bool):
-        raise CheckpointError(f"{where} is {_kind(value)}, expected a number")
+        raise CheckpointError(f"{where} is {json_kind(value)}, expected a number")
     return float(value)
 
 
@@ -342,7 +337,7 @@ def _scaling_value(kind: str, key: str, value, lt: str):
     where = f"rope_parameters.{lt}.{key}"
     if key in ("short_factor", "long_factor"):
         if type(value) is not list:
-            raise CheckpointError(f"{where} is {_kind(value)}, expected a list of numbers")
+            raise CheckpointError(f"{where} is {json_kind(value)}, expected a list of numbers")
         return [_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if value is None and key in _NULLABLE.get(kind, ()):
         return None

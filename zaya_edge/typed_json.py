@@ -16,16 +16,17 @@ import typing
 
 from zaya_edge.errors import ArtifactError, ZayaEdgeError, first_line
 
-_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
                float: "a number", type(None): "null"}
 
 
-def _kind(value) -> str:
-    return _JSON_NAMES.get(type(value), type(value).__name__)
+def json_kind(value) -> str:
+    """How a parsed JSON value is named in a message: 'an object', 'a list', 'null', ..."""
+    return JSON_NAMES.get(type(value), type(value).__name__)
 
 
 def _fail(where: str, wanted: str, value) -> ArtifactError:
-    return ArtifactError(f"{where}: expected {wanted}, got {_kind(value)}")
+    return ArtifactError(f"{where}: expected {wanted}, got {json_kind(value)}")
 
 
 def decode(tp, value, where: str):
@@ -65,7 +66,7 @@ def _decode_union(args, value, where):
 
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
-    return _JSON_NAMES.get(origin or tp, "an object" if dataclasses.is_dataclass(tp) else str(tp))
+    return JSON_NAMES.get(origin or tp, "an object" if dataclasses.is_dataclass(tp) else str(tp))
 
 
 def _decode_dataclass(tp, value, where):
@@ -102,7 +103,7 @@ def _decode_scalar(tp, value, where):
         return value
     if tp is bool or tp is str or tp is type(None):
         if type(value) is not tp:
-            raise _fail(where, _JSON_NAMES[tp], value)
+            raise _fail(where, JSON_NAMES[tp], value)
         return value
     if tp is int:
         if type(value) is not int:

@@ -11,12 +11,14 @@ preallocated shared buffer (present keeps its shape) or exactly the past (presen
 
 Masked scores are the float32 minimum, never -inf: a padding query whose keys are all masked gets
 finite (uniform) weights, as GroupQueryAttention gives it, so nothing turns NaN downstream.
-It copies the cache once per call, where the kernel writes one column in place.
+It copies the cache once per call, where the kernel writes one column in place. An fp16 cache
+is widened to fp32 for the attention (the new keys/values are rounded to fp16 first, as stored).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from zaya_edge.config import ZayaDims
 
@@ -55,8 +57,12 @@ def plain_attention(e: Emitter, path: str, qkv, past: dict, ctx: dict, d: ZayaDi
     heads_first = {"perm": [0, 2, 1, 3]}
     k4 = e.op("Transpose", f"{p}/k_heads", [e.op("Reshape", f"{p}/k_split", [k, i64([0, 0, Hkv, D])])], heads_first)
     v4 = e.op("Transpose", f"{p}/v_heads", [e.op("Reshape", f"{p}/v_split", [v, i64([0, 0, Hkv, D])])], heads_first)
+    if ctx["kv_dtype"] == "float16":  # stored in fp16, attended in fp32
+        k4, v4 = (e.op("Cast", f"{p}/{n}_f16", [t], {"to": ir.DataType.FLOAT16}) for n, t in (("k", k4), ("v", v4)))
     present_k, keys = _write_new(e, f"{p}/key_cache", past["key"], k4, ctx)
     present_v, values = _write_new(e, f"{p}/value_cache", past["value"], v4, ctx)
+    if ctx["kv_dtype"] == "float16":
+        keys, values = (e.op("Cast", f"{p}/{n}_f32", [t], {"to": ir.DataType.FLOAT}) for n, t in (("keys", keys), ("values", values)))
     q5 = e.op("Reshape", f"{p}/q_split", [q, i64([0, 0, Hkv, Hq // Hkv, D])])
     q5 = e.op("Transpose", f"{p}/q_groups", [q5], {"perm": [0, 2, 3, 1, 4]})  # [B, Hkv, g, S, D]
     keys_t = e.op("Unsqueeze", f"{p}/keys_t", [e.op("Transpose", f"{p}/keys_d_first", [keys], {"perm": [0, 1, 3, 2]}),

@@ -4,18 +4,21 @@
                                       ├─ q,k residual (q+k)/2, group mean ───────────── (+) ─ q,k
                                       ├─ v_cur ─────────────┐
                                       └─ v_del ─ shift by 1 ─┴─ concat ─ v
-    q,k ─ L2 norm·√D (k·temp) ─ RoPE(token positions) ─ GroupQueryAttention(bias) ─ o_proj
+    q,k ─ L2 norm·√D (k·temp) ─ RoPE(token positions) ─ CachedAttention(mask) ─ o_proj
 
 Each piece is one method, called in the order of the diagram, which is the order of the nodes.
 With attention_bias every projection adds its bias, and a row with no past token takes the
 delayed value of "no token", v_proj_delayed(0) = its bias, as transformers does. Head sizes
-GroupQueryAttention's kernel refuses (not a multiple of 8) attend in plain ops (attention.py).
+GroupQueryAttention's kernel refuses (not a multiple of 8) attend in plain ops (attention.py);
+the others through ai.zaya::CachedAttention (attention_op.py: a native kernel, GroupQueryAttention
+as its function body).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from zaya_edge.artifact import ATTENTION_OP, ZAYA_DOMAIN
 from zaya_edge.config import ZayaDims
 
 from .attention import plain_attention
@@ -49,7 +52,7 @@ class CompressedConvAttention:
         if self.d.head_dim % 8:
             attn, present_k, present_v = plain_attention(self.e, p, (q, k, v), past, ctx, self.d, self._window())
         else:
-            attn, present_k, present_v = self._gqa(q, k, v, past, ctx)
+            attn, present_k, present_v = self._cached_attention(q, k, v, past, ctx)
         o = self.layers.linear(f"{p}/o_proj", attn, self.pre + "o_proj", [self.pre + "o_proj.weight"],
                                self._bias(self.pre + "o_proj", ["o_proj"]))
         return o, {"key": present_k, "value": present_v, "conv": present_conv, "recurrent": present_rec}
@@ -198,18 +201,18 @@ class CompressedConvAttention:
     def _window(self) -> int:
         return self.d.sliding_window if self.layer_type == "hybrid_sliding" else -1
 
-    def _gqa(self, q, k, v, past, ctx):
-        """GroupQueryAttention over the key/value cache, padding masked by the attention bias.
+    def _cached_attention(self, q, k, v, past, ctx):
+        """ai.zaya::CachedAttention over the key/value cache (attention_op.py): padding keys
+        masked from the attention mask; GroupQueryAttention in its function body.
 
-        Its local_window_size counts the keys a query sees, itself included (measured against
+        local_window_size counts the keys a query sees, itself included (measured against
         HF's sliding layers: prompt, decode and left padding).
         """
         d = self.d
-        window_size = self._window()
         return self.e.op(
-            "GroupQueryAttention", f"{self.path}/gqa",
-            [q, k, v, past["key"], past["value"], ctx["seqlens_k"], ctx["total"], None, None, None, ctx["attn_bias"]],
+            ATTENTION_OP, f"{self.path}/attention",
+            [q, k, v, past["key"], past["value"], ctx["attention_mask"]],
             {"num_heads": d.num_heads, "kv_num_heads": d.num_kv_heads, "scale": float(d.head_dim ** -0.5),
-             "do_rotary": 0, "local_window_size": window_size},
-            domain=MS, outputs=3,
+             "local_window_size": self._window()},
+            domain=ZAYA_DOMAIN, outputs=3,
         )

@@ -34,6 +34,7 @@ from .layers import FLOAT, MS, FloatLayers, Layers
 from .plan import ExportPlan
 from .quant_layers import QuantizedLayers
 from .rope import RopeTables
+from .attention_op import attention_function
 from .router_op import router_function
 
 
@@ -56,7 +57,7 @@ class DecoderGraphBuilder:
     # ---- the graph -------------------------------------------------------------------------
     def build(self) -> ir.Model:
         d, e = self.dims, self.e
-        inputs_spec, outputs_spec = A.io_spec(d, self.plan.all_logits)
+        inputs_spec, outputs_spec = A.io_spec(d, self.plan.all_logits, self.plan.kv_dtype)
         graph_inputs = {name: ir.val(name, _dtype(dt), shape) for name, dt, shape in inputs_spec}
         ids, mask = graph_inputs[A.INPUT_IDS], graph_inputs[A.ATTENTION_MASK]
 
@@ -84,55 +85,55 @@ class DecoderGraphBuilder:
             opset_imports={"": 21, MS: 1, A.ZAYA_DOMAIN: 1},
             name="zaya_decoder",
         )
-        return ir.Model(graph, ir_version=10, producer_name="zaya-edge", functions=[router_function()])
+        return ir.Model(graph, ir_version=10, producer_name="zaya-edge", functions=self._functions())
+
+    def _functions(self) -> list:
+        """The ai.zaya functions the graph calls (CachedAttention only where the head size suits it)."""
+        return [router_function()] + ([] if self.dims.head_dim % 8 else [attention_function(self.plan.kv_dtype)])
 
     def _attention_context(self, ids, mask) -> dict:
-        """Per-call values shared by all layers: lengths, pad masks, RoPE positions and caches.
+        """Per-call values shared by all layers: pad masks, RoPE positions and caches.
 
-            mask [B,T] ─► seqlens_k = T-1 per row (shared columns), total = T
-                      ─► token_mask [B,S,1] (zeroes padding before the CCA projections)
-                      ─► key bias   [B,1,S,T] (float32 min on padding keys)
+            mask [B,T] ─► token_mask [B,S,1] (zeroes padding before the CCA projections)
+                      ─► attention_mask itself (CachedAttention masks padding keys from it)
         """
         e, i64 = self.e, self.e.i64
         p = "/model/attn_mask"
-        mask_shape = e.op("Shape", f"{p}/mask_shape", [mask])
-        batch = e.op("Gather", f"{p}/batch", [mask_shape, i64(0)], {"axis": 0})
-        total = e.op("Gather", f"{p}/total", [mask_shape, i64(1)], {"axis": 0})
         seq = e.op("Gather", f"{p}/seq", [e.op("Shape", f"{p}/ids_shape", [ids]), i64(1)], {"axis": 0})
-        total_i32 = e.op("Cast", f"{p}/total_i32", [total], {"to": ir.DataType.INT32})
-        seqlens = e.op("Sub", f"{p}/seqlens_k", [total_i32, e.const(np.int32(1))])
-        batch_1d = e.op("Unsqueeze", f"{p}/batch_1d", [batch, i64([0])])
-        seqlens = e.op("Expand", f"{p}/seqlens_k_rows", [seqlens, batch_1d])
         seq_1d = e.op("Unsqueeze", f"{p}/seq_1d", [seq, i64([0])])
         neg_seq = e.op("Neg", f"{p}/neg_seq", [seq_1d])
         new_cols = e.op("Slice", f"{p}/new_cols", [mask, neg_seq, i64([INT64_MAX]), i64([1])])
         maskf = e.op("Cast", f"{p}/new_cols_f", [new_cols], {"to": FLOAT})
         token_mask = e.op("Unsqueeze", f"{p}/token_mask", [maskf, i64([2])])
-        is_pad = e.op("Equal", f"{p}/is_pad", [mask, i64(0)])
-        key_bias = e.op("Where", f"{p}/key_bias", [is_pad, e.const(np.float32(F32_MIN)), e.const(np.float32(0))])
-        key_bias = e.op("Unsqueeze", f"{p}/key_bias_4d", [key_bias, i64([1, 2])])
-        total_1d = e.op("Unsqueeze", f"{p}/total_1d", [total, i64([0])])
-        bias_shape = e.op("Concat", f"{p}/bias_shape", [batch_1d, i64([1]), seq_1d, total_1d], {"axis": 0})
-        attn_bias = e.op("Expand", f"{p}/attn_bias", [key_bias, bias_shape])
         positions = self._positions(p, mask, neg_seq)
         rope = RopeTables(e, self.dims, self.plan.context_length)
         ctx = {
-            "seqlens_k": seqlens, "total": total_i32, "token_mask": token_mask, "attn_bias": attn_bias,
-            "position_ids": positions, "rope": {lt: rope(lt, positions) for lt in sorted(set(self.dims.layer_types))},
+            "attention_mask": mask, "token_mask": token_mask, "position_ids": positions, "kv_dtype": self.plan.kv_dtype,
+            "rope": {lt: rope(lt, positions) for lt in sorted(set(self.dims.layer_types))},
         }
-        return {**ctx, **self._optional_context(p, mask, total, seq, total_1d, neg_seq)}
+        return {**ctx, **self._optional_context(p, mask, seq, seq_1d, neg_seq)}
 
-    def _optional_context(self, p, mask, total, seq, total_1d, neg_seq) -> dict:
-        """Only what some configs need (so the others' graphs stay as they were):
+    def _optional_context(self, p, mask, seq, seq_1d, neg_seq) -> dict:
+        """Only what some configs need (so the others' graphs stay small):
 
-            plain attention (head_dim % 8): the new tokens' first column total−S
+            plain attention (head_dim % 8): total T, the new tokens' first column T−S,
+                                            key bias [B,1,S,T] (float32 min on padding keys)
             attention_bias: has_past [B,1], whether a row has a real token before this call
         """
         e, i64, out = self.e, self.e.i64, {}
         if self.dims.head_dim % 8:
+            mask_shape = e.op("Shape", f"{p}/mask_shape", [mask])
+            batch_1d = e.op("Gather", f"{p}/batch_1d", [mask_shape, i64([0])], {"axis": 0})
+            total = e.op("Gather", f"{p}/total", [mask_shape, i64(1)], {"axis": 0})
+            total_1d = e.op("Unsqueeze", f"{p}/total_1d", [total, i64([0])])
+            is_pad = e.op("Equal", f"{p}/is_pad", [mask, i64(0)])
+            key_bias = e.op("Where", f"{p}/key_bias", [is_pad, e.const(np.float32(F32_MIN)), e.const(np.float32(0))])
+            key_bias = e.op("Unsqueeze", f"{p}/key_bias_4d", [key_bias, i64([1, 2])])
+            bias_shape = e.op("Concat", f"{p}/bias_shape", [batch_1d, i64([1]), seq_1d, total_1d], {"axis": 0})
             start = e.op("Sub", f"{p}/start", [total, seq])
             out.update(total_i64=total, total_1d=total_1d, start_i64=start,
-                       start_1d=e.op("Unsqueeze", f"{p}/start_1d", [start, i64([0])]))
+                       start_1d=e.op("Unsqueeze", f"{p}/start_1d", [start, i64([0])]),
+                       attn_bias=e.op("Expand", f"{p}/attn_bias", [key_bias, bias_shape]))
         if self.dims.attention_bias:
             past_cols = e.op("Slice", f"{p}/past_cols", [mask, i64([0]), neg_seq, i64([1])])
             count = e.op("ReduceSum", f"{p}/past_count", [past_cols, i64([1])], {"keepdims": 1})
@@ -256,4 +257,4 @@ class DecoderGraphBuilder:
 
 
 def _dtype(name: str) -> ir.DataType:
-    return {"float32": ir.DataType.FLOAT, "int64": ir.DataType.INT64}[name]
+    return {"float32": ir.DataType.FLOAT, "float16": ir.DataType.FLOAT16, "int64": ir.DataType.INT64}[name]

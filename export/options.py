@@ -20,7 +20,12 @@ DEFAULT_BLOCK_SIZE = 32
 METHODS = ("rtn", "mse")  # round to nearest; a per-block clipping search (quant.py)
 DEFAULT_METHOD = "mse"  # lower KL than rtn at int4 on the tiny models (benchmarks/quant_methods.py)
 
+# The key/value cache's dtype: fp16 halves the bytes a long-context decode step reads, for a
+# logit change far below int4's (BENCHMARKS.md, "KV cache"); fp32 exports stay exact references.
+KV_CACHES = {"fp16": "float16", "fp32": "float32"}
+DEFAULT_KV_CACHE = {"int4": "fp16", "int8": "fp16", "fp32": "fp32"}
+
 __all__ = [
-    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_METHOD", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
+    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_KV_CACHE", "DEFAULT_METHOD", "KV_CACHES", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
     "QUANT_BITS", "TABLE_PRECISIONS",
 ]

@@ -18,6 +18,8 @@ from zaya_edge.errors import CheckpointError, RequestError
 from .options import (
     BLOCK_SIZES,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_KV_CACHE,
+    KV_CACHES,
     DEFAULT_METHOD,
     METHODS,
     PRECISIONS,
@@ -40,6 +42,7 @@ class ExportPlan:
     all_logits: bool  # logits for every position, not only the last
     context_length: int  # rows of the RoPE cache: the longest context the artifact supports
     padded: str | None = None  # the sizes whose last quantization block is zero-padded, if any
+    kv_dtype: str = "float32"  # the key/value cache's numpy dtype name
 
     def record(self) -> dict:
         """The manifest's `quantization` dict ({} for fp32)."""
@@ -62,7 +65,8 @@ class ExportPlan:
 
 
 def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymmetric: bool, lm_head: str | None,
-                quant_method: str | None, all_logits: bool, context_length: int | None) -> ExportPlan:
+                quant_method: str | None, all_logits: bool, context_length: int | None,
+                kv_cache: str | None = None) -> ExportPlan:
     """The checked plan of export_model's arguments (None: the default); raises RequestError
     naming the first argument that cannot work."""
     if precision not in PRECISIONS:
@@ -73,15 +77,19 @@ def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymm
     if length < 1:
         raise RequestError(f"max_position_embeddings is {dims.max_position_embeddings}: give a context_length")
     check_exportable(dims, length)
+    kv_cache = kv_cache or DEFAULT_KV_CACHE[precision]
+    if kv_cache not in KV_CACHES:
+        raise RequestError(f"unknown kv_cache {kv_cache!r}; choose one of {', '.join(KV_CACHES)}")
+    kv_dtype = KV_CACHES[kv_cache]
     if precision == "fp32":
         _refuse_quant_options(block_size=block_size, asymmetric=asymmetric or None, lm_head=lm_head,
                               quant_method=quant_method)
-        return ExportPlan("fp32", None, None, all_logits, length)
+        return ExportPlan("fp32", None, None, all_logits, length, kv_dtype=kv_dtype)
     spec = _quant_spec(precision, block_size, asymmetric, quant_method)
     table = lm_head or precision
     if table not in TABLE_PRECISIONS:
         raise RequestError(f"unknown lm_head precision {table!r}; choose one of {', '.join(TABLE_PRECISIONS)}")
-    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length, _padding(dims, spec.block_size))
+    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length, _padding(dims, spec.block_size), kv_dtype)
 
 
 def _refuse_quant_options(**given) -> None:

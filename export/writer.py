@@ -48,6 +48,7 @@ def export_model(
     quant_method: str | None = None,
     all_logits: bool = False,
     context_length: int | None = None,
+    kv_cache: str | None = None,
     force: bool = False,
     config=None,
     progress: bool = True,
@@ -57,7 +58,8 @@ def export_model(
     `precision` int4/int8 quantizes projections, experts and the tied table (`block_size`
     default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
     precision's, `quant_method` rtn/mse). int4 is the default, as in the CLI: the point is a model
-    that fits a laptop; fp32 is the exact reference. An existing `out` is replaced only if `force`.
+    that fits a laptop; fp32 is the exact reference. `kv_cache` fp16/fp32 is the key/value cache's
+    dtype (default fp16 for int4/int8, fp32 for fp32). An existing `out` is replaced only if `force`.
     """
     out = Path(out)
     _check_replaceable(out, force)
@@ -66,7 +68,7 @@ def export_model(
         ckpt = open_checkpoint(src, config)
         plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
                            lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
-                           context_length=context_length)
+                           context_length=context_length, kv_cache=kv_cache)
         check_tensors(ckpt)
         model = DecoderGraphBuilder(ckpt, plan).build()
         _write_artifact(ckpt, model, plan, out, progress, force)
@@ -223,7 +225,7 @@ def _versions() -> dict:
 
 def _manifest(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, folder: Path) -> A.Manifest:
     """What the exporter promises about the folder it just wrote (hashes of every file in it)."""
-    inputs, outputs = A.io_spec(ckpt.dims, plan.all_logits)
+    inputs, outputs = A.io_spec(ckpt.dims, plan.all_logits, plan.kv_dtype)
     files = {
         p.name: A.file_record(p)
         for p in sorted(folder.iterdir())
@@ -246,6 +248,7 @@ def _manifest(ckpt: Checkpoint, model: ir.Model, plan: ExportPlan, folder: Path)
         files=files,
         source=source,
         versions=_versions(),
+        kv_dtype=plan.kv_dtype,
     )
 
 

@@ -60,7 +60,8 @@ class SequenceBatch:
     def __init__(self, session: DecoderSession, slots: int, capacity: int, max_capacity: int | None = None):
         self.session = session
         max_capacity = max_capacity or session.manifest.context_length
-        self._cache = StateCache(session.dims, slots, min(capacity, max_capacity), max_capacity)
+        self._cache = StateCache(session.dims, slots, min(capacity, max_capacity), max_capacity,
+                                 session.manifest.kv_dtype)
         self._bindings: dict[tuple, object] = {}
         self._all_logits = session.manifest.all_logits
         self._order: list[Hashable] = []  # sequence ids by row

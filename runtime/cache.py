@@ -35,16 +35,17 @@ class RowState:
 
 
 class StateCache:
-    def __init__(self, dims: ZayaDims, slots: int, capacity: int, max_capacity: int):
+    def __init__(self, dims: ZayaDims, slots: int, capacity: int, max_capacity: int, kv_dtype: str = "float32"):
         self.dims = dims
+        self.kv_dtype = np.dtype(kv_dtype)
         self.slots = slots
         self.max_capacity = max_capacity
         self.capacity = 0
         self.columns = 0  # columns in use by the batch (the mask's width)
         self.phase = 0  # which conv/recurrent buffer holds the current state
         kv = (slots, dims.num_kv_heads, 0, dims.head_dim)
-        self.key = [np.zeros(kv, np.float32) for _ in range(dims.num_layers)]
-        self.value = [np.zeros(kv, np.float32) for _ in range(dims.num_layers)]
+        self.key = [np.zeros(kv, self.kv_dtype) for _ in range(dims.num_layers)]
+        self.value = [np.zeros(kv, self.kv_dtype) for _ in range(dims.num_layers)]
         self.conv = [np.zeros((2, slots, dims.conv_channels, dims.conv_state_len), np.float32) for _ in range(dims.num_layers)]
         self.recurrent = [np.zeros((2, slots, dims.value_half), np.float32) for _ in range(dims.num_layers)]
         self.mask = np.zeros((slots, 0), np.int64)
@@ -64,7 +65,7 @@ class StateCache:
         c = self.columns
         for group in (self.key, self.value):
             for i, old in enumerate(group):
-                new = np.zeros(old.shape[:2] + (capacity,) + old.shape[3:], np.float32)
+                new = np.zeros(old.shape[:2] + (capacity,) + old.shape[3:], old.dtype)
                 new[:, :, :c] = old[:, :, :c]
                 group[i] = new
         mask = np.zeros((self.slots, capacity), np.int64)

@@ -82,7 +82,7 @@ class Engine:
         return self.session.artifact.manifest_sha256
 
     def cache_bytes_per_sequence(self, length: int) -> int:
-        return self.dims.kv_bytes_per_token * length + self.dims.fixed_state_bytes
+        return self.session.manifest.kv_bytes_per_token * length + self.dims.fixed_state_bytes
 
     # ---- requests ------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int], chat: bool = True) -> tuple[int, ...]:

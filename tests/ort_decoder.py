@@ -18,7 +18,7 @@ class OrtDecoder:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def zero_state(self, batch: int) -> dict:
-        return A.zero_state(self.dims, batch)
+        return A.zero_state(self.dims, batch, self.manifest.kv_dtype)
 
     def step(self, ids, mask, state):
         """Run one call; returns (logits, new state keyed by past names)."""

@@ -178,11 +178,13 @@ def test_scaled_rope_past_the_boundary_is_not_the_default(tmp_path):
 
 
 def test_plain_attention_only_where_the_kernel_refuses_the_head_size(tmp_path):
-    for head_dim, gqa in ((12, False), (16, True)):
+    """CachedAttention (GroupQueryAttention in its body) wherever the head size is a multiple of 8."""
+    for head_dim, cached in ((12, False), (16, True)):
         export_model(tiny_model(seed=0, num_hidden_layers=1, head_dim=head_dim), tmp_path / str(head_dim),
                      precision="fp32", progress=False)
-        ops = A.Artifact.open(tmp_path / str(head_dim)).manifest.ops["com.microsoft"]
-        assert ("GroupQueryAttention" in ops) == gqa and ops["RotaryEmbedding"] == 2
+        ops = A.Artifact.open(tmp_path / str(head_dim)).manifest.ops
+        assert (A.ATTENTION_OP in ops[A.ZAYA_DOMAIN]) == cached and ops["com.microsoft"]["RotaryEmbedding"] == 2
+        assert "GroupQueryAttention" not in ops["com.microsoft"]
 
 
 def test_folder_export_of_a_biased_yarn_model(tmp_path):

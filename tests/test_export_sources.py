@@ -68,8 +68,9 @@ def test_artifact_contents_and_genai_config(tmp_path):
         assert (art / name).is_file(), name
     manifest = A.Artifact.open(art).manifest
     assert manifest.format_version == A.FORMAT_VERSION
-    assert manifest.ops[A.ZAYA_DOMAIN] == {A.ROUTER_OP: model.config.num_hidden_layers}
-    assert manifest.ops["com.microsoft"]["GroupQueryAttention"] == model.config.num_hidden_layers
+    layers = model.config.num_hidden_layers
+    assert manifest.ops[A.ZAYA_DOMAIN] == {A.ROUTER_OP: layers, A.ATTENTION_OP: layers}
+    assert manifest.kv_dtype == "float32"  # an fp32 export keeps the exact cache
     genai = json.loads((art / A.GENAI_CONFIG_FILE).read_text())
     assert genai["model"]["decoder"]["inputs"]["past_conv_names"] == A.PAST_CONV
     assert genai["model"]["decoder"]["outputs"]["present_recurrent_names"] == A.PRESENT_RECURRENT

@@ -47,10 +47,11 @@ TOKENIZER_FILES = (
     "tokenizer.model",
 )
 
-# The private operator domain of ZAYA's routing ops (function bodies in the model; native
+# The private operator domain of ZAYA's routing and attention ops (function bodies in the model; native
 # kernels in custom_ops/ replace them when that library is registered).
 ZAYA_DOMAIN = "ai.zaya"
 ROUTER_OP = "Router"
+ATTENTION_OP = "CachedAttention"
 
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; anything near this is not one
 

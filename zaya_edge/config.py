@@ -121,7 +121,8 @@ class ZayaDims:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """fp32 key+value bytes one context token costs over all layers."""
+        """fp32 key+value bytes one context token costs over all layers (Manifest.kv_bytes_per_token:
+        in the artifact's cache dtype)."""
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * 4
 
     @property

@@ -37,7 +37,7 @@ from pathlib import Path
 from zaya_edge.errors import ZayaEdgeError, first_line
 
 ENV_VAR = "ZAYA_EDGE_CUSTOM_OPS"
-ABI_VERSION = 1  # must equal ZAYA_CUSTOM_OPS_ABI in custom_ops/src/custom_ops.cc
+ABI_VERSION = 2  # must equal ZAYA_CUSTOM_OPS_ABI in custom_ops/src/custom_ops.cc
 CONFIG_KEY = "zaya_edge.custom_ops_library"  # session config entry that records the registration
 DOMAIN = "ai.zaya"
 _DISABLED = {"0", "off", "none", "false", "no"}
@@ -289,7 +289,8 @@ def router_path(session) -> RouterPath:
 
 
 def native_counters(path: str | Path | None = None) -> dict:
-    """Kernels created and Compute calls of the native Router in this process, per provider.
+    """Kernels created and Compute calls of the native Router in this process, per provider
+    (and of the CPU CachedAttention kernel under "attention").
 
     Evidence that the native path really ran (the library counts; the fallback never touches it).
     """
@@ -300,9 +301,13 @@ def native_counters(path: str | Path | None = None) -> dict:
     out = (ctypes.c_int64 * 6)()
     lib.ZayaCustomOpsCounters.restype = None
     lib.ZayaCustomOpsCounters(out)
+    attention = (ctypes.c_int64 * 2)()
+    lib.ZayaCustomOpsAttentionCounters.restype = None
+    lib.ZayaCustomOpsAttentionCounters(attention)
     return {
         "kernels": dict(zip(_PROVIDERS, out[:3])),
         "computes": dict(zip(_PROVIDERS, out[3:])),
+        "attention": {"kernels": attention[0], "computes": attention[1]},  # CachedAttention (CPU)
     }
 
 

@@ -15,7 +15,7 @@ from zaya_edge.config import ZayaDims
 __all__ = [
     "INPUT_IDS", "ATTENTION_MASK", "LOGITS", "PAST_KEY", "PAST_VALUE", "PAST_CONV", "PAST_RECURRENT",
     "PRESENT_KEY", "PRESENT_VALUE", "PRESENT_CONV", "PRESENT_RECURRENT", "STATE_KINDS", "PAST_NAMES",
-    "PRESENT_NAMES", "TensorSpec", "state_shape", "io_spec", "zero_state", "next_state",
+    "PRESENT_NAMES", "KV_DTYPES", "TensorSpec", "state_shape", "io_spec", "zero_state", "next_state",
 ]
 
 INPUT_IDS = "input_ids"
@@ -59,14 +59,17 @@ class TensorSpec(NamedTuple):
     shape: tuple[int | str, ...]
 
 
-def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+KV_DTYPES = ("float32", "float16")  # what the key/value cache may be stored in
+
+
+def io_spec(dims: ZayaDims, all_logits: bool, kv_dtype: str = "float32") -> tuple[list[TensorSpec], list[TensorSpec]]:
     """(inputs, outputs) as TensorSpecs with symbolic dims as strings.
 
     Semantics: `attention_mask` is [batch, past + sequence] with 1 for real tokens; every row
     shares the same column positions (left padding and holes are masked, never compacted), so
     the new tokens of all rows go to the same cache columns. The key/value past may be a
     longer preallocated buffer (shared past/present buffer); the mask's width says how much
-    of it is in use.
+    of it is in use. Keys and values are stored in `kv_dtype`; every other state is fp32.
     """
     inputs = [
         TensorSpec(INPUT_IDS, "int64", ("batch", "sequence")),
@@ -75,17 +78,18 @@ def io_spec(dims: ZayaDims, all_logits: bool) -> tuple[list[TensorSpec], list[Te
     outputs = [TensorSpec(LOGITS, "float32", ("batch", "sequence" if all_logits else 1, dims.vocab_size))]
     for i in range(dims.num_layers):
         for kind in STATE_KINDS:
-            inputs.append(TensorSpec(PAST_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "past_sequence")))
+            dtype = kv_dtype if kind in ("key", "value") else "float32"
+            inputs.append(TensorSpec(PAST_NAMES[kind] % i, dtype, state_shape(dims, kind, "batch", "past_sequence")))
             outputs.append(
-                TensorSpec(PRESENT_NAMES[kind] % i, "float32", state_shape(dims, kind, "batch", "present_sequence"))
+                TensorSpec(PRESENT_NAMES[kind] % i, dtype, state_shape(dims, kind, "batch", "present_sequence"))
             )
     return inputs, outputs
 
 
-def zero_state(dims: ZayaDims, batch: int) -> dict[str, np.ndarray]:
+def zero_state(dims: ZayaDims, batch: int, kv_dtype: str = "float32") -> dict[str, np.ndarray]:
     """Empty past states for `batch` rows, keyed by input name (plain session.run feeds)."""
     return {
-        PAST_NAMES[k] % i: np.zeros(state_shape(dims, k, batch, 0), np.float32)
+        PAST_NAMES[k] % i: np.zeros(state_shape(dims, k, batch, 0), kv_dtype if k in ("key", "value") else np.float32)
         for i in range(dims.num_layers) for k in STATE_KINDS
     }
 

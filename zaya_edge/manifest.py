@@ -14,7 +14,7 @@ import json
 
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import ArtifactError
-from zaya_edge.graph_io import TensorSpec, io_spec  # noqa: F401  (TensorSpec: part of the manifest)
+from zaya_edge.graph_io import KV_DTYPES, TensorSpec, io_spec  # noqa: F401  (TensorSpec: part of the manifest)
 from zaya_edge.typed_json import decode
 
 FORMAT_VERSION = 3  # 2: dims as ZayaDims fields, typed source record; 3: dims gain hidden_act, rope_type, rope_scaling
@@ -51,6 +51,12 @@ class Manifest:
     files: dict[str, FileRecord]  # every file of the folder but the manifest itself
     source: Source
     versions: dict[str, str]
+    kv_dtype: str = "float32"  # the key/value cache's dtype (graph_io.KV_DTYPES); older manifests: fp32
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Key+value bytes one context token costs over all layers, in the cache's dtype."""
+        return self.dims.kv_bytes_per_token * (2 if self.kv_dtype == "float16" else 4) // 4
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -77,7 +83,9 @@ class Manifest:
         _check_dims(self.dims, where)
         if self.context_length < 1:
             raise ArtifactError(f"{where}: context_length must be positive, got {self.context_length}")
-        inputs, outputs = io_spec(self.dims, self.all_logits)
+        if self.kv_dtype not in KV_DTYPES:
+            raise ArtifactError(f"{where}: kv_dtype must be one of {', '.join(KV_DTYPES)}, got {self.kv_dtype!r}")
+        inputs, outputs = io_spec(self.dims, self.all_logits, self.kv_dtype)
         for kind, declared, want in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
             if list(declared) != want:
                 names = {s.name for s in declared}

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
+#include "attention_op.h"
 #include "router.h"
 
 #if defined(_WIN32)
@@ -29,7 +31,7 @@
 
 // Bumped whenever an exported C function or an operator contract changes: the Python loader
 // refuses a library whose number differs from its own.
-#define ZAYA_CUSTOM_OPS_ABI 1
+#define ZAYA_CUSTOM_OPS_ABI 2
 
 namespace {
 
@@ -217,7 +219,7 @@ std::string build_info() {
   std::ostringstream o;
   o << "{\"version\": \"" << ZAYA_CUSTOM_OPS_VERSION << "\", \"abi\": " << ZAYA_CUSTOM_OPS_ABI
     << ", \"ort_api_version\": " << ORT_API_VERSION << ", \"domain\": \"" << kDomain << "\", \"ops\": [\"" << kRouter
-    << "\"], \"providers\": [\"CPUExecutionProvider\"";
+    << "\", \"CachedAttention\"], \"providers\": [\"CPUExecutionProvider\"";
 #if defined(ZAYA_WITH_GPU)
   o << ", \"" << kProviderNames[kGpuProvider] << "\"";
 #endif
@@ -256,6 +258,8 @@ ZAYA_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options
   try {
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&router_cpu);
+    domain.Add(zaya::attention_cpu_op(false));
+    domain.Add(zaya::attention_cpu_op(true));
 #if defined(ZAYA_WITH_GPU)
     domain.Add(&router_gpu);
 #endif
@@ -278,6 +282,12 @@ ZAYA_EXPORT const char* ZayaCustomOpsBuildInfo(void) {
   static const std::string info = build_info();
   return info.c_str();
 }
+
+/// CachedAttention's kernels created and Compute calls so far (CPU): out[2].
+ZAYA_EXPORT void ZayaCustomOpsAttentionCounters(int64_t* out) { zaya::attention_counters(out, out + 1); }
+
+/// The CPU kernel CachedAttention runs on this machine: "avx512", "avx2" or "generic".
+ZAYA_EXPORT const char* ZayaCustomOpsAttentionIsa(void) { return zaya::attention_isa(); }
 
 /// Kernels created and Compute calls so far, per provider (CPU, CUDA, ROCm): out[6] =
 /// {kernels cpu, cuda, rocm, computes cpu, cuda, rocm}. Proves the native path ran.

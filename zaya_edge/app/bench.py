@@ -74,7 +74,7 @@ def bench_artifact(
     d = engine.dims
     # the largest cache any workload held: rows x (prompt + new) KV columns plus per-row states
     cache_bytes = max(
-        rows * (length * d.kv_bytes_per_token + d.fixed_state_bytes)
+        rows * (length * manifest.kv_bytes_per_token + d.fixed_state_bytes)
         for rows, length in [(1, prefill + 1), *((b, prompt + new_tokens) for b in (1, *batches))]
     )
     return {
@@ -88,7 +88,7 @@ def bench_artifact(
         "peak_rss_bytes": peak_rss_bytes(),
         "artifact_bytes": artifact_bytes,
         "weights_bytes": engine.session.artifact.weight_bytes,
-        "kv_bytes_per_token": engine.dims.kv_bytes_per_token,
+        "kv_bytes_per_token": manifest.kv_bytes_per_token,
         "cache_bytes": cache_bytes,
         # the memory goal: peak RSS within 15 % of what the run must hold
         "rss_budget_bytes": int((artifact_bytes + cache_bytes) * 1.15),

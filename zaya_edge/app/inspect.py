@@ -27,12 +27,13 @@ def inspect_artifact(folder: str | Path, context: int | None = None, batch: int 
     m, d = artifact.manifest, artifact.dims
     context = min(DEFAULT_CONTEXT, m.context_length) if context is None else context
     weights = artifact.weight_bytes
-    kv = d.kv_bytes_per_token * context * batch
+    kv = m.kv_bytes_per_token * context * batch
     fixed = d.fixed_state_bytes * batch
     report = {
         "folder": str(folder),
         "format_version": m.format_version,
         "precision": m.precision,
+        "kv_cache": m.kv_dtype,
         "quantization": m.quantization,
         "all_logits": m.all_logits,
         "context_length": m.context_length,
@@ -90,7 +91,7 @@ def _text(r: dict) -> str:
         "ops           " + "; ".join(f"{dom}: " + ", ".join(f"{op} x{n}" for op, n in ops.items()) for dom, ops in r["ops"].items()),
         f"inputs        input_ids [batch, sequence], attention_mask [batch, total_sequence], {r['inputs'][-1][2]}",
         f"memory        at context {mem['context']} x batch {mem['batch']}: weights {_size(mem['weights_bytes'])} + "
-        f"KV {_size(mem['kv_cache_bytes'])} + CCA state {_size(mem['fixed_state_bytes'])} = {_size(mem['total_bytes'])}",
+        f"KV ({r['kv_cache']}) {_size(mem['kv_cache_bytes'])} + CCA state {_size(mem['fixed_state_bytes'])} = {_size(mem['total_bytes'])}",
         "versions      " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
     ]
     lines.append(r["custom_ops"])

@@ -132,7 +132,7 @@ class ArtifactLogits:
 
     def rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
         """Teacher forcing: chunks when every position's logits come out, else one call per token."""
-        state = A.zero_state(self.dims, 1)
+        state = A.zero_state(self.dims, 1, self.manifest.kv_dtype)
         step = _CHUNK if self.manifest.all_logits else 1
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step][None]

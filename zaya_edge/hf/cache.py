@@ -37,9 +37,10 @@ def cache_class() -> type:
 class StateCacheMethods:
     """The KV, conv and delayed-value states of a batch; empty until the first forward."""
 
-    def __init__(self, dims: ZayaDims, max_length: int):
+    def __init__(self, dims: ZayaDims, max_length: int, kv_dtype: str = "float32"):
         super().__init__(layers=[])
         self.dims = dims
+        self.kv_dtype = kv_dtype
         self.max_length = max_length
         self.states: dict[str, np.ndarray] | None = None
 
@@ -47,7 +48,7 @@ class StateCacheMethods:
     def feeds(self, batch: int) -> dict[str, np.ndarray]:
         """The past inputs for a call over `batch` rows (zero states before the first call)."""
         if self.states is None:
-            return G.zero_state(self.dims, batch)
+            return G.zero_state(self.dims, batch, self.kv_dtype)
         if self.batch_size != batch:
             raise RequestError(f"the cache holds {self.batch_size} rows, the call has {batch}")
         return self.states

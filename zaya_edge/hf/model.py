@@ -112,7 +112,7 @@ class ArtifactCausalLM:
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)  # a caller's cache
 
     def new_cache(self):
-        return cache_class()(self.artifact.dims, self.artifact.context_length)
+        return cache_class()(self.artifact.dims, self.artifact.context_length, self.artifact.manifest.kv_dtype)
 
     # ---- the call --------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, cache=None, use_cache: bool | None = None, **kwargs):

@@ -26,9 +26,12 @@ from zaya_edge.export import options as choices
               help=f"int4/int8: rtn (round to nearest) or mse (per-block scale search).  [default: {choices.DEFAULT_METHOD}]")
 @click.option("--all-logits", is_flag=True, help="Output logits for every position (default: last only).")
 @click.option("--context-length", type=int, default=None, help="Longest context the artifact supports (default: the model's).")
+@click.option("--kv-cache", type=click.Choice(tuple(choices.KV_CACHES)), default=None,
+              help="The key/value cache's dtype.  [default: fp16 for int4/int8, fp32 for fp32]")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, force, quiet):
+def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, kv_cache,
+           force, quiet):
     """Export the ZAYA checkpoint folder SRC into an artifact folder."""
     check_output_folder(out)
     try:
@@ -38,8 +41,8 @@ def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, a
     try:
         path = export_model(
             src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
-            quant_method=quant_method, all_logits=all_logits, context_length=context_length, force=force,
-            progress=not quiet,
+            quant_method=quant_method, all_logits=all_logits, context_length=context_length, kv_cache=kv_cache,
+            force=force, progress=not quiet,
         )
     except RequestError as exc:
         raise type(exc)(as_flags(str(exc), export)) from exc

@@ -30,7 +30,8 @@ def actor_memory(artifact: Artifact, strategy: MarkovianRSA) -> int:
     """Bytes one actor needs: the weights (and onnxruntime's copy of them), the population's cache at its longest prompt."""
     dims, s = artifact.dims, strategy
     longest = min(artifact.context_length, max(s.budget, s.stage_budget(s.rounds)) + s.subset * s.tail + 1024)
-    cache = min(s.population, MAX_LIVE) * (dims.kv_bytes_per_token * longest + dims.fixed_state_bytes)
+    kv = artifact.manifest.kv_bytes_per_token
+    cache = min(s.population, MAX_LIVE) * (kv * longest + dims.fixed_state_bytes)
     if s.max_memory is not None:
         cache = min(cache, s.max_memory)
     return int(artifact.weight_bytes * 1.5) + cache + OVERHEAD

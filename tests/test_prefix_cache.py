@@ -236,3 +236,34 @@ def test_rsa_is_the_same_with_and_without_the_prefix_cache(tiny_artifact):
     # round 0 is one prompt either way; each aggregation round computes its shared head once
     assert cached_work[0] == plain_work[0]
     assert all(c < p for c, p in zip(cached_work[1:], plain_work[1:])), (cached_work, plain_work)
+
+
+def test_solve_takes_the_flag_and_reports_what_the_cache_saved(tiny_artifact, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from zaya_edge.app.cli import main
+
+    template = tmp_path / "short.txt"
+    template.write_text("Fix these. [[ Problem ]]:\n{problem}\n[[ Candidates ]]:\n{candidates}\nAnswer in \\boxed{}.")
+    args = ["solve", str(tiny_artifact[1]), "What is 12 + 30?", "--population", "4", "--subset", "2", "--rounds", "1",
+            "--budget", "10", "--tail", "6", "--seed", "2", "--template", str(template), "--quiet", "--force"]
+    runs = {}
+    for size in ("0", "64MB"):
+        report = tmp_path / f"report-{size}.json"
+        run = CliRunner().invoke(main, args + ["--prefix-cache", size, "--report", str(report)])
+        assert run.exit_code == 0, run.output
+        runs[size] = run.output, json.loads(report.read_text())
+    (off_out, off), (on_out, on) = runs["0"], runs["64MB"]
+    assert on["answer"] == off["answer"] and _same_rounds(on, off)
+    assert off["prefix_cache"]["hits"] == 0 and "prefix cache:" not in off_out
+    assert on["prefix_cache"]["hits"] > 0 and f"prefix cache: {on['prefix_cache']['reused_tokens']} prompt tokens" in on_out
+    bad = CliRunner().invoke(main, args + ["--prefix-cache", "lots"])
+    assert bad.exit_code == 2 and "cannot read memory size 'lots'" in bad.output
+
+
+def _same_rounds(a: dict, b: dict) -> bool:
+    """Rounds equal but for their wall times."""
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("wall_s", "tokens_per_s")}  # noqa: E731
+    return [strip(r) for r in a["rounds"]] == [strip(r) for r in b["rounds"]]

@@ -90,7 +90,7 @@ def test_cli_solve_interrupted_says_how_to_resume(tmp_path, monkeypatch):
 
     class Interrupting(FakeEngine):
         @classmethod
-        def load(cls, path, threads=None):
+        def load(cls, path, threads=None, **options):
             return cls(interrupt_at=2)
 
     monkeypatch.setattr(runtime, "Engine", Interrupting, raising=False)

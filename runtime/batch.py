@@ -69,6 +69,7 @@ class SequenceBatch:
         self.session = session
         self._prefix = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         self._side: SequenceBatch | None = None  # the one-row batch aside, during an admit
+        self._side_capacity = 0  # the admit's longest prompt: the side batch never grows
         max_capacity = max_capacity or session.manifest.context_length
         self._cache = StateCache(session.dims, slots, min(capacity, max_capacity), max_capacity)
         self._bindings: dict[tuple, object] = {}
@@ -102,6 +103,7 @@ class SequenceBatch:
         fresh = {s: list(p) for s, p in prompts.items() if not isinstance(p, Prefilled)}
         if not all(fresh.values()):
             raise RequestError("empty prompt: admit needs at least one token per sequence")
+        self._side_capacity = max(map(len, fresh.values()), default=0)
         try:
             starts = self._starts(fresh)
             out = self._admit_fresh({s: p for s, p in fresh.items() if s not in starts})
@@ -209,7 +211,8 @@ class SequenceBatch:
     def _compute(self, tokens: Sequence[int], start: tuple[int, Prefilled] | None) -> Prefilled:
         """`tokens`' state and logits from a one-row batch aside, continuing `start` if given."""
         if self._side is None:
-            self._side = SequenceBatch(self.session, 1, capacity=len(tokens), max_capacity=self._cache.max_capacity)
+            capacity = max(len(tokens), self._side_capacity)
+            self._side = SequenceBatch(self.session, 1, capacity=capacity, max_capacity=self._cache.max_capacity)
         side = self._side
         side.reset()
         if start is None:
@@ -222,8 +225,8 @@ class SequenceBatch:
         return done
 
     def _entry_nbytes(self, tokens: int) -> int:
-        """A prefix cache entry's size before it is taken: the row's snapshot and its logits."""
-        return self._cache.snapshot_nbytes(tokens) + self._cache.dims.vocab_size * 4
+        """A prefix cache entry's size before it is taken: the row's snapshot and its float32 logits."""
+        return self._cache.snapshot_nbytes(tokens) + self._cache.dims.vocab_size * np.float32().itemsize
 
     # ---- model calls ----------------------------------------------------------------------
     def extend(self, seq_id: Hashable, tokens: Sequence[int]) -> np.ndarray:

@@ -109,7 +109,8 @@ class PrefixCache:
     def __contains__(self, tokens: Sequence[int]) -> bool:
         """Whether exactly `tokens` is cached (not counted as a hit, not marked used)."""
         ids = _ids(tokens)
-        entry = self._entries.get(_key(ids, _chain(ids), len(ids)))
+        with self._lock:
+            entry = self._entries.get(_key(ids, _chain(ids), len(ids)))
         return entry is not None and np.array_equal(entry.tokens, ids)
 
     def longest(self, tokens: Sequence[int], shortest: int = 1) -> tuple[int, Prefilled] | None:

@@ -138,13 +138,13 @@ class PrefixCache:
 
     def put(self, tokens: Sequence[int], value: Prefilled) -> bool:
         """Keep `value` as the state after `tokens`; False when it alone exceeds the bound."""
-        ids = _ids(tokens)
+        ids = np.array(tokens, np.int64).reshape(-1)  # a copy: the caller's tokens may change
         nbytes = value.nbytes + ids.nbytes
         if not len(ids) or nbytes > self.max_bytes:
             return False
         key = _key(ids, _chain(ids), len(ids))
         with self._lock:
-            if key in self._entries:
+            if key in self._entries:  # (a colliding key keeps the first entry; lookups check tokens)
                 self._entries.move_to_end(key)
                 return True
             self._entries[key] = _Entry(ids, value, nbytes)

@@ -7,12 +7,17 @@
       ├─ step({id: token})              -> {id: logits}    one session call for all live
       ├─ save(id, logits)               -> Prefilled       a prompt's state, for later arrivals
       ├─ retire(id), reset()                               free slots
-      └─ take_stats()                   -> BatchStats      prefill work, calls, cache bytes
+      └─ take_stats()                   -> BatchStats      prefill work, prefix hits, calls, cache bytes
 
 Live sequences always fill the rows [0, n) (a retired row takes the last row's sequence), so
 their state is one contiguous view that is bound in place and reused step after step (see
 cache.py). Left padding is exact only on rows whose state is still zero, so a sequence that
 arrives while others are live is prefilled aside, in a one-row batch, and its state moved in.
+
+With a PrefixCache (prefix_cache.py), admit starts each prompt from the longest cached prefix
+of it: the heads several prompts share are computed once first, aside, and cached; each prompt
+then continues aside from its head (or is restored whole) and moves in. A snapshot at a prefix's
+end is exact, so this changes no logits; only the work.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import numpy as np
 from zaya_edge import artifact as A
 from zaya_edge.errors import RequestError
 
-from .cache import RowState, StateCache
+from .cache import StateCache
+from .prefix_cache import MIN_REUSE, Prefilled, PrefixCache, shared_heads
 from .session import DecoderSession, bind
 
 PREFILL_CHUNK = 512  # tokens per prefill call: bounds activation memory on long prompts
@@ -36,29 +42,34 @@ PREFILL_CHUNK = 512  # tokens per prefill call: bounds activation memory on long
 class BatchStats:
     """What a batch cost since it was made (or since the last `take_stats`)."""
 
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # computed: tokens restored from the prefix cache are not
     prefill_seconds: float = 0.0
     calls: int = 0  # session calls, prefills aside included
     cache_bytes: int = 0  # the cache's size: it only grows, so this is the largest it was
+    prefix_hits: int = 0  # prompts (and shared heads) started from a cached prefix
+    prefix_tokens_reused: int = 0  # tokens restored from the prefix cache instead of computed
 
     @property
     def prefill_tokens_per_s(self) -> float:
         return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
-
-@dataclasses.dataclass(frozen=True)
-class Prefilled:
-    """A prefilled prompt kept aside: admitting it again costs a copy, not a prefill."""
-
-    state: RowState
-    logits: np.ndarray
+    def add_work(self, other: "BatchStats") -> None:
+        """Count a batch aside's work as this one's."""
+        self.prefill_tokens += other.prefill_tokens
+        self.calls += other.calls
+        self.prefix_hits += other.prefix_hits
+        self.prefix_tokens_reused += other.prefix_tokens_reused
 
 
 class SequenceBatch:
     """Up to `slots` sequences, each addressed by the id its caller chose."""
 
-    def __init__(self, session: DecoderSession, slots: int, capacity: int, max_capacity: int | None = None):
+    def __init__(self, session: DecoderSession, slots: int, capacity: int, max_capacity: int | None = None,
+                 prefix_cache: PrefixCache | None = None):
         self.session = session
+        self._prefix = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
+        self._side: SequenceBatch | None = None  # the one-row batch aside, during an admit
+        self._side_capacity = 0  # the admit's longest prompt: the side batch never grows
         max_capacity = max_capacity or session.manifest.context_length
         self._cache = StateCache(session.dims, slots, min(capacity, max_capacity), max_capacity,
                                  session.manifest.kv_dtype)
@@ -82,8 +93,9 @@ class SequenceBatch:
     def admit(self, prompts: Mapping[Hashable, Sequence[int] | Prefilled]) -> dict[Hashable, np.ndarray]:
         """New sequences into free slots; returns each one's next-token logits.
 
-        Into an empty batch, fresh prompts are prefilled together (left-padded, one call per
-        chunk); into a batch with live sequences, each is prefilled aside and moved in.
+        A prompt the prefix cache holds a prefix of continues from it aside (or is restored whole);
+        the others, into an empty batch, are prefilled together (left-padded, one call per chunk),
+        into a batch with live sequences each aside, and moved in. Computed prompts are cached.
         """
         self._check_free(prompts)
         if not self._order:
@@ -92,17 +104,15 @@ class SequenceBatch:
         fresh = {s: list(p) for s, p in prompts.items() if not isinstance(p, Prefilled)}
         if not all(fresh.values()):
             raise RequestError("empty prompt: admit needs at least one token per sequence")
-        out = {}
-        # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
-        # batch 1: several prompts longer than a chunk are prefilled aside one by one
-        if fresh and not self._order and (len(fresh) == 1 or max(map(len, fresh.values())) <= PREFILL_CHUNK):
-            out.update(zip(fresh, self._prefill(list(fresh.values()))))
-            for s in fresh:
-                self._place(s)
-        else:
-            out.update((s, self._admit_aside(s, p)) for s, p in fresh.items())
+        self._side_capacity = max(map(len, fresh.values()), default=0)
+        try:
+            starts = self._starts(fresh)
+            out = self._admit_fresh({s: p for s, p in fresh.items() if s not in starts})
+            for s, start in starts.items():
+                out[s] = self._admit_aside(s, fresh[s], start)
+        finally:
+            self._side = None  # its buffers are one long row: not kept between admits
         if fresh:
-            self._stats.prefill_tokens += sum(map(len, fresh.values()))
             self._stats.prefill_seconds += time.perf_counter() - t0
         for s, p in prompts.items():
             if isinstance(p, Prefilled):
@@ -155,13 +165,69 @@ class SequenceBatch:
         self._rows[seq_id] = len(self._order)
         self._order.append(seq_id)
 
-    def _admit_aside(self, seq_id: Hashable, prompt: list[int]) -> np.ndarray:
-        side = SequenceBatch(self.session, 1, capacity=len(prompt))
-        logits = side._prefill([prompt])[0]
-        self._stats.calls += side._stats.calls
-        self._cache.restore(side._cache.snapshot(0), len(self._order))
+    def _admit_fresh(self, fresh: dict[Hashable, list[int]]) -> dict[Hashable, np.ndarray]:
+        """Prompts without a cached prefix: together into an empty batch, else each aside."""
+        # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
+        # batch 1: several prompts longer than a chunk are prefilled aside one by one
+        if not fresh or self._order or (len(fresh) > 1 and max(map(len, fresh.values())) > PREFILL_CHUNK):
+            return {s: self._admit_aside(s, p, None) for s, p in fresh.items()}
+        out = dict(zip(fresh, self._prefill(list(fresh.values()))))
+        for s, p in fresh.items():
+            self._place(s)
+            if self._prefix is not None and self._prefix.fits(self._entry_nbytes(len(p))):
+                self._prefix.put(p, self.save(s, out[s]))
+        return out
+
+    def _admit_aside(self, seq_id: Hashable, prompt: list[int], start: tuple[int, Prefilled] | None) -> np.ndarray:
+        """One prompt computed aside (from `start`, a cached prefix of it, if given), cached, and moved in."""
+        if start is not None and start[0] == len(prompt):  # all of it is cached
+            done = start[1]
+        else:
+            done = self._compute(prompt, start)
+            if self._prefix is not None:
+                self._prefix.put(prompt, done)
+        self._cache.restore(done.state, len(self._order))
         self._place(seq_id)
-        return logits
+        return done.logits.copy()  # the cache's copy stays as it was
+
+    # ---- the prefix cache -----------------------------------------------------------------
+    def _starts(self, fresh: dict[Hashable, list[int]]) -> dict[Hashable, tuple[int, Prefilled]]:
+        """Each prompt's longest cached prefix; the heads prompts share are computed and cached first."""
+        if self._prefix is None:
+            return {}
+        for head in shared_heads(list(fresh.values()), MIN_REUSE):
+            if head not in self._prefix and self._prefix.fits(self._entry_nbytes(len(head))):
+                self._prefix.put(head, self._compute(head, self._lookup(head)))
+        starts = {s: self._lookup(p) for s, p in fresh.items()}
+        return {s: hit for s, hit in starts.items() if hit is not None}
+
+    def _lookup(self, tokens: Sequence[int]) -> tuple[int, Prefilled] | None:
+        """The longest cached prefix worth starting from (any, if it is all of `tokens`), counted."""
+        hit = self._prefix.longest(tokens, min(MIN_REUSE, len(tokens)))
+        if hit is not None:
+            self._stats.prefix_hits += 1
+            self._stats.prefix_tokens_reused += hit[0]
+        return hit
+
+    def _compute(self, tokens: Sequence[int], start: tuple[int, Prefilled] | None) -> Prefilled:
+        """`tokens`' state and logits from a one-row batch aside, continuing `start` if given."""
+        if self._side is None:
+            capacity = max(len(tokens), self._side_capacity)
+            self._side = SequenceBatch(self.session, 1, capacity=capacity, max_capacity=self._cache.max_capacity)
+        side = self._side
+        side.reset()
+        if start is None:
+            logits = side.admit({0: list(tokens)})[0]
+        else:
+            side.admit({0: start[1]})
+            logits = side.extend(0, list(tokens[start[0] :]))
+        done = side.save(0, logits)
+        self._stats.add_work(side.take_stats())
+        return done
+
+    def _entry_nbytes(self, tokens: int) -> int:
+        """A prefix cache entry's size before it is taken: the row's snapshot and its float32 logits."""
+        return self._cache.snapshot_nbytes(tokens) + self._cache.dims.vocab_size * np.float32().itemsize
 
     # ---- model calls ----------------------------------------------------------------------
     def extend(self, seq_id: Hashable, tokens: Sequence[int]) -> np.ndarray:
@@ -196,6 +262,7 @@ class SequenceBatch:
             mask[r, width - len(p) :] = 1
         for c in range(0, width, PREFILL_CHUNK):
             logits = self._forward(0, ids[:, c : c + PREFILL_CHUNK], mask[:, c : c + PREFILL_CHUNK])
+        self._stats.prefill_tokens += sum(map(len, prompts))
         return logits
 
     def _forward(self, start: int, ids: np.ndarray, new_mask: np.ndarray) -> np.ndarray:

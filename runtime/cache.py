@@ -160,6 +160,12 @@ class StateCache:
             tokens=len(cols),
         )
 
+    def snapshot_nbytes(self, tokens: int) -> int:
+        """What snapshot() of a row of `tokens` tokens holds: to budget one before taking it."""
+        kv = sum(b.shape[1] * b.shape[3] * b.itemsize for b in self.key + self.value)
+        fixed = sum(b[0, 0].nbytes for b in self.conv + self.recurrent)
+        return tokens * kv + fixed
+
     def restore(self, state: RowState, row: int) -> None:
         """Put a snapshot into `row`, right-aligned to the batch's current columns."""
         n = state.tokens

@@ -36,7 +36,8 @@ class ChatSession:
         self.engine = engine
         self.params = params
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self._batch = SequenceBatch(engine.session, 1, capacity=1024)
+        # a new conversation (or one started over) begins from the engine's cached prompts
+        self._batch = SequenceBatch(engine.session, 1, capacity=1024, prefix_cache=engine.prefix_cache)
         self._resume: tuple[str, int | None] | None = None  # (text the cache holds, token sampled but not fed)
         self.history: list[int] = []  # token ids in the cache
         self._turn_ref: Callable[[], Generation | None] = lambda: None  # the last turn, weakly

@@ -3,7 +3,8 @@
     Engine (owns the session, tokenizer, defaults; decides who enters the batch when)
       ├─ generate(prompt)         -> Generation: iterate text deltas, cancel(), stats
       ├─ generate_batch(requests) -> [Completion]  (one session call per step for all)
-      └─ chat()                   -> ChatSession: keeps its cache between turns (chat.py)
+      ├─ chat()                   -> ChatSession: keeps its cache between turns (chat.py)
+      └─ prefix_cache             -> PrefixCache: prefilled prefixes every batch reuses (prefix_cache.py)
 
 Every path runs the same decode loop (generation.py) over a SequenceBatch (batch.py); the
 engine only chooses which sequences enter it: `_Admission` below.
@@ -21,9 +22,10 @@ from typing import Callable, Iterator, Sequence
 
 from zaya_edge.errors import ContextFullError, RequestError
 
-from .batch import Prefilled, SequenceBatch
+from .batch import SequenceBatch
 from .chat import ChatSession
 from .generation import Generation, GenerationStats, decode_loop
+from .prefix_cache import DEFAULT_BYTES, Prefilled, PrefixCache, check_bytes
 from .sequence import SequenceState, StepEvent
 from .session import DecoderSession
 from .tokenizer import Tokenizer
@@ -40,10 +42,16 @@ def stop_token_ids(artifact, tokenizer: Tokenizer | None) -> list[int]:
 
 
 class Engine:
-    """A loaded artifact. Thread-compatible: one generation at a time per engine."""
+    """A loaded artifact. Thread-compatible: one generation at a time per engine.
 
-    def __init__(self, session: DecoderSession, tokenizer: Tokenizer | None, max_batch: int = 16):
+    `prefix_cache` bounds, in bytes, the prefilled prefixes kept for reuse across batches, chat
+    turns and RSA rounds (0 = none: every prompt is prefilled, identical ones still once).
+    """
+
+    def __init__(self, session: DecoderSession, tokenizer: Tokenizer | None, max_batch: int = 16,
+                 prefix_cache: int = DEFAULT_BYTES):
         self.session = session
+        self.prefix_cache = PrefixCache(prefix_cache)
         self.manifest = session.manifest
         self.dims = session.dims
         self.tokenizer = tokenizer
@@ -60,10 +68,12 @@ class Engine:
         verify: bool = False,
         custom_ops: str | bool | None = None,
         max_batch: int = 16,
+        prefix_cache: int = DEFAULT_BYTES,
     ) -> "Engine":
+        check_bytes(prefix_cache)  # before the minutes a large artifact takes to load
         session = DecoderSession(path, threads=threads, provider=provider, verify=verify, custom_ops=custom_ops)
         tokenizer = Tokenizer.from_artifact(session.artifact)
-        return cls(session, tokenizer, max_batch=max_batch)
+        return cls(session, tokenizer, max_batch=max_batch, prefix_cache=prefix_cache)
 
     # ---- facts ---------------------------------------------------------------------------
     @property
@@ -130,7 +140,8 @@ class Engine:
             return
         start = time.perf_counter()
         longest = max(len(s.request.prompt_ids) + s.params.max_new_tokens for s in seqs)
-        batch = SequenceBatch(self.session, min(len(seqs), self.max_batch), capacity=longest)
+        batch = SequenceBatch(self.session, min(len(seqs), self.max_batch), capacity=longest,
+                              prefix_cache=self.prefix_cache)
         try:
             admission = _Admission(batch, seqs)
             yield from decode_loop(batch, admission.start(), cancelled, stats, start, admission.refill)
@@ -172,9 +183,10 @@ class Engine:
 
 
 class _Admission:
-    """Who enters the batch when: the first `slots` sequences at once (each distinct prompt
-    prefilled once, all together, then forked), the rest as slots free up. A prompt that a
-    waiting sequence shares is kept prefilled (`Prefilled`), so it is computed only once."""
+    """Who enters the batch when: the first `slots` sequences at once, the rest as slots free up.
+    Those entering together are one admit (each distinct prompt prefilled once, the heads they
+    share once, then forked). A prompt that a waiting sequence shares is kept prefilled
+    (`Prefilled`), so it is computed only once."""
 
     def __init__(self, batch: SequenceBatch, seqs: list[SequenceState]):
         self.batch = batch
@@ -185,11 +197,27 @@ class _Admission:
 
     def start(self) -> dict[int, SequenceState]:
         """Admit the first sequences; returns them by batch id, holding their first logits."""
+        live: dict[int, SequenceState] = {}
+        self._admit(self.first, live)
+        return live
+
+    def refill(self, finished: list[int], live: dict[int, SequenceState]) -> None:
+        """Retire the finished sequences and admit waiting ones into the freed slots."""
+        for i in finished:
+            self.batch.retire(i)
+        free = min(self.batch.slots - len(self.batch), len(self.pending))
+        seqs = [self.pending.popleft() for _ in range(free)]
+        self.waiting.subtract(s.request.prompt_ids for s in seqs)
+        self._admit(seqs, live)
+
+    def _admit(self, seqs: list[SequenceState], live: dict[int, SequenceState]) -> None:
+        """`seqs` into the batch in one admit, each holding its first logits, and into `live`."""
+        if not seqs:
+            return
         groups: dict[tuple[int, ...], list[SequenceState]] = {}
-        for s in self.first:
+        for s in seqs:
             groups.setdefault(s.request.prompt_ids, []).append(s)
-        logits = self.batch.admit({group[0].index: prompt for prompt, group in groups.items()})
-        live = {}
+        logits = self.batch.admit({group[0].index: self.kept.get(prompt, prompt) for prompt, group in groups.items()})
         for prompt, (head, *rest) in groups.items():
             for s in rest:
                 self.batch.fork(head.index, s.index)
@@ -197,19 +225,6 @@ class _Admission:
                 s.logits = logits[head.index]
                 live[s.index] = s
             self._keep(head, prompt)
-        return live
-
-    def refill(self, finished: list[int], live: dict[int, SequenceState]) -> None:
-        """Retire the finished sequences and admit waiting ones into the freed slots."""
-        for i in finished:
-            self.batch.retire(i)
-        while self.pending and len(self.batch) < self.batch.slots:
-            s = self.pending.popleft()
-            prompt = s.request.prompt_ids
-            self.waiting[prompt] -= 1
-            s.logits = self.batch.admit({s.index: self.kept.get(prompt, prompt)})[s.index]
-            self._keep(s, prompt)
-            live[s.index] = s
 
     def _keep(self, seq: SequenceState, prompt: tuple[int, ...]) -> None:
         """Keep the prompt's prefilled state while a waiting sequence still needs it."""

@@ -33,6 +33,9 @@ class GenerationStats:
     session_calls: int = 0
     cache_bytes: int = 0
     peak_rss_bytes: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (shared and cached prefixes are not)
+    prefix_hits: int = 0  # prompts (and shared heads) started from the prefix cache
+    prefix_tokens_reused: int = 0  # tokens restored from it instead of computed
 
     def add_batch(self, batch: BatchStats, prompt_tokens: int, load_seconds: float) -> None:
         """Fold in what the batch cost for this generation (or this chat turn)."""
@@ -40,6 +43,9 @@ class GenerationStats:
         self.prompt_tokens += prompt_tokens
         self.prefill_tokens_per_s = batch.prefill_tokens_per_s
         self.session_calls += batch.calls
+        self.prefill_tokens += batch.prefill_tokens
+        self.prefix_hits += batch.prefix_hits
+        self.prefix_tokens_reused += batch.prefix_tokens_reused
         self.cache_bytes = max(self.cache_bytes, batch.cache_bytes)
         self.peak_rss_bytes = peak_rss_bytes()
 

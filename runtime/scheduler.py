@@ -174,11 +174,14 @@ class SchedulerMetrics:
     tokens_per_s: float  # generated, over the last RATE_WINDOW_S
     generated_tokens: int  # totals since the start
     prompt_tokens: int  # of admitted sequences
-    prefill_tokens: int  # actually computed: identical prompts share one prefill
+    prefill_tokens: int  # actually computed: identical prompts share one prefill, cached prefixes none
     model_calls: int
     cancelled: int
     cache_bytes: int
     running: bool  # the scheduler thread is alive
+    prefix_hits: int = 0  # prompts (and shared heads) started from the prefix cache
+    prefix_tokens_reused: int = 0  # prompt tokens restored from it instead of computed
+    prefix_cache_bytes: int = 0  # what the engine's prefix cache holds now
 
 
 class Scheduler:
@@ -189,7 +192,8 @@ class Scheduler:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.engine = engine
         self.max_queue = max_queue
-        self.batch = SequenceBatch(engine.session, max_batch, capacity=min(256, engine.context_length))
+        self.batch = SequenceBatch(engine.session, max_batch, capacity=min(256, engine.context_length),
+                                   prefix_cache=engine.prefix_cache)
         self._inflow = _Inflow(self.batch)
         self._live: dict[int, _Seq] = {}
         self._jobs: dict[int, Job] = {}  # taken from the inbox and not finished
@@ -289,7 +293,8 @@ class Scheduler:
         then, before = next((x for x in reversed(samples) if now - x[0] >= RATE_WINDOW_S), samples[0])
         tokens_per_s = (t["generated"] - before) / max(now - then, 1e-3)
         return SchedulerMetrics(queued, live, self.batch.slots, tokens_per_s, t["generated"], t["prompt"],
-                                t["prefill"], t["calls"], t["cancelled"], t["cache_bytes"], self._thread.is_alive())
+                                t["prefill"], t["calls"], t["cancelled"], t["cache_bytes"], self._thread.is_alive(),
+                                t["prefix_hits"], t["prefix_reused"], self.engine.prefix_cache.nbytes)
 
     # ---- the scheduler thread -----------------------------------------------------------------
     def _serve(self) -> None:
@@ -337,7 +342,8 @@ class Scheduler:
             if job.remaining <= 0 or not job.open:
                 del self._jobs[key]
         s = self.batch.take_stats()
-        self._totals.update(prefill=s.prefill_tokens, calls=s.calls)
+        self._totals.update(prefill=s.prefill_tokens, calls=s.calls, prefix_hits=s.prefix_hits,
+                            prefix_reused=s.prefix_tokens_reused)
         self._totals["cache_bytes"] = s.cache_bytes
         now = time.monotonic()
         with self._cond:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 
+from zaya_edge.runtime.prefix_cache import PrefixCache
 from zaya_edge.runtime.rsa import MarkovianRSA
 from zaya_edge.runtime.types import BatchProgress, Completion
 
@@ -44,9 +45,10 @@ class FakeEngine:
         self.codec, self.context_length, self.model_id = CharCodec(), context_length, model_id
         self.script, self.interrupt_at, self.bytes_per_token = script, interrupt_at, bytes_per_token
         self.calls, self.outputs = [], []
+        self.prefix_cache = PrefixCache(0)  # a scripted engine prefills nothing
 
     @classmethod
-    def load(cls, path, threads=None):
+    def load(cls, path, threads=None, **options):
         return cls()
 
     def cache_bytes_per_sequence(self, length):

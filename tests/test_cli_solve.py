@@ -70,7 +70,7 @@ def test_a_resumed_solve_says_so(tmp_path, monkeypatch):
 
     class Interrupting(FakeEngine):
         @classmethod
-        def load(cls, path, threads=None):
+        def load(cls, path, threads=None, **options):
             return cls(interrupt_at=2)
 
     ckpt = tmp_path / "run.json"

@@ -90,7 +90,7 @@ def test_cli_solve_interrupted_says_how_to_resume(tmp_path, monkeypatch):
 
     class Interrupting(FakeEngine):
         @classmethod
-        def load(cls, path, threads=None):
+        def load(cls, path, threads=None, **options):
             return cls(interrupt_at=2)
 
     monkeypatch.setattr(runtime, "Engine", Interrupting, raising=False)
@@ -169,7 +169,9 @@ def test_tiny_model_solve_runs_each_round_as_one_batch(tiny_engine):
         del tiny_engine.generate_batch
     assert [len(r.candidates) for r in result.rounds] == [4, 4, 4] and len(stats) == 3
     for calls, steps in stats:
-        assert calls <= 1 + steps  # one prefill + one call per decode step for all 4 sequences together
+        # prefills (at most a shared head and a remainder per prompt), then one call per decode step
+        # for all 4 sequences together: decoding them one by one would take 4 x steps calls
+        assert calls <= 2 * 4 + steps
     assert all(0 < c.tail_length <= 8 for r in result.rounds for c in r.candidates)
     again = strategy.solve(tiny_engine, "What is 12 + 30?")
     assert population(again) == population(result)  # seeded: same population on the real engine

@@ -49,13 +49,21 @@ def test_concurrent_requests_join_one_batch_and_match_their_solo_replies(artifac
     assert server.metrics()["zaya_edge_live_sequences"] == 0
 
 
-def test_identical_prompts_are_prefilled_once(artifact, server):
+def test_identical_prompts_are_prefilled_once_then_come_from_the_prefix_cache(artifact, server):
     client = server.client()
     before = server.metrics()
-    r = _chat(client, PROBLEMS[0], n=3, max_tokens=4)
+    problem = "What is 4242 + 1717, and why?"  # a prompt no other test sent: not in the prefix cache yet
+    r = _chat(client, problem, n=3, max_tokens=4)
     assert len(r.choices) == 3 and r.usage.prompt_tokens > 0
     assert _delta(server, before, "zaya_edge_prompt_tokens_total") == 3 * r.usage.prompt_tokens
     assert _delta(server, before, "zaya_edge_prefill_tokens_total") == r.usage.prompt_tokens
+    assert _delta(server, before, "zaya_edge_prefix_hits_total") == 0
+    before = server.metrics()
+    assert _chat(client, problem, max_tokens=4).usage.prompt_tokens == r.usage.prompt_tokens
+    assert _delta(server, before, "zaya_edge_prefill_tokens_total") == 0  # the whole prompt was cached
+    assert _delta(server, before, "zaya_edge_prefix_hits_total") == 1
+    assert _delta(server, before, "zaya_edge_prefix_reused_tokens_total") == r.usage.prompt_tokens
+    assert server.metrics()["zaya_edge_prefix_cache_bytes"] > 0
 
 
 def test_a_disconnected_client_leaves_the_batch(server):

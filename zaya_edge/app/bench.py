@@ -66,7 +66,8 @@ def bench_artifact(
     on_result=None,
 ) -> dict:
     t0 = time.perf_counter()
-    engine = Engine.load(path, threads=threads, max_batch=max((1, *batches)))
+    # the workloads' prompts are random and never repeat: a prefix cache would only copy them and hold memory
+    engine = Engine.load(path, threads=threads, max_batch=max((1, *batches)), prefix_cache=0)
     load_s = time.perf_counter() - t0
     samples = _measure(engine, prompt, new_tokens, prefill, batches, runs, seed, on_result)
     manifest = engine.manifest

@@ -57,3 +57,28 @@ class Seed(click.types.IntParamType):
             return check_seed(seed)
         except RequestError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _prefix_cache_default() -> int:
+    from zaya_edge.runtime.prefix_cache import DEFAULT_BYTES
+
+    return DEFAULT_BYTES
+
+
+def _prefix_cache_help() -> str:
+    return f"[default: {_prefix_cache_default() // 2**20} MiB]"
+
+
+def prefix_cache_option(fn):
+    """--prefix-cache, for the commands whose engine sees several prompts (Engine.load's prefix_cache)."""
+    return click.option("--prefix-cache", type=MemorySize(), default=_prefix_cache_default, cls=LazyHelpOption,
+                        lazy_help=_prefix_cache_help, help="Memory for prefilled prompt prefixes reused by later "
+                        "prompts (shared heads, repeated prompts, RSA rounds), e.g. 1GB; 0 = off.")(fn)
+
+
+def prefix_cache_line(cache) -> str | None:
+    """What the engine's prefix cache saved, for a command's closing line; None when it saved nothing."""
+    s = cache.stats
+    if not s.hits:
+        return None
+    return f"prefix cache: {s.reused_tokens} prompt tokens reused ({s.hits} hits, {cache.nbytes / 2**20:.1f} MiB held)"

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from zaya_edge.app.budget import fit_budget, send_fitting
 from zaya_edge.app.cli.common import Command, as_flags
-from zaya_edge.app.params import Seed
+from zaya_edge.app.params import Seed, prefix_cache_option
 from zaya_edge.errors import ContextFullError, ZayaEdgeError
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -75,8 +75,9 @@ def _stream(generation) -> None:
 
 def _print_stats(stats) -> None:
     s = stats
+    reused = f" ({s.prefix_tokens_reused} from the prefix cache)" if s.prefix_tokens_reused else ""
     click.echo(
-        f"[load {s.load_seconds:.2f} s | prompt {s.prompt_tokens} tok, {s.prefill_tokens_per_s:.1f} tok/s | "
+        f"[load {s.load_seconds:.2f} s | prompt {s.prompt_tokens} tok{reused}, {s.prefill_tokens_per_s:.1f} tok/s | "
         f"first token {s.time_to_first_token_s * 1000:.0f} ms | {s.generated_tokens} tok, {s.decode_tokens_per_s:.1f} tok/s | "
         f"cache {s.cache_bytes / 2**20:.1f} MiB | peak RSS {s.peak_rss_bytes / 2**30:.2f} GiB]",
         err=True,
@@ -109,15 +110,16 @@ def run(artifact, prompt, temperature, top_k, top_p, min_p, repetition_penalty, 
 @click.argument("artifact", type=click.Path(path_type=str))
 @sampling_options
 @click.option("--system", default=None, help="A system message.")
+@prefix_cache_option
 def chat(artifact, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed,
-         stop_strings, threads, system):
+         stop_strings, threads, system, prefix_cache):
     """Interactive multi-turn chat (keeps the cache between turns). /reset, /stats, /quit.
 
     A message that does not fit the context is not sent; the conversation is kept."""
     from zaya_edge.runtime import Engine
 
     params = _params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop_strings)
-    engine = Engine.load(artifact, threads=threads)
+    engine = Engine.load(artifact, threads=threads, prefix_cache=prefix_cache)
     explicit = _given("max_new_tokens")
     if explicit and max_new_tokens >= engine.context_length:
         raise ContextFullError(f"--max-new-tokens {max_new_tokens} leaves no room for a message in the context "

@@ -12,7 +12,7 @@ import click
 
 from zaya_edge.app import tiny_arith
 from zaya_edge.app.cli.common import Command, as_flags
-from zaya_edge.app.params import LazyHelpOption, MemorySize, Seed
+from zaya_edge.app.params import LazyHelpOption, MemorySize, Seed, prefix_cache_line, prefix_cache_option
 from zaya_edge.errors import RequestError, ZayaEdgeError
 
 PRESET_NAMES = ("report", "deploy", "edge")  # runtime.rsa.PRESETS
@@ -79,8 +79,9 @@ def _setting(flag: str, name: str, help: str, **kwargs):
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None, help="Write the JSON report here.")
 @click.option("--force", is_flag=True, help="Replace an existing --report file.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
+@prefix_cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def solve(artifact, problem, preset, template, checkpoint, report_path, force, threads, quiet, **settings):
+def solve(artifact, problem, preset, template, checkpoint, report_path, force, threads, prefix_cache, quiet, **settings):
     """Answer PROBLEM with Markovian RSA on the artifact folder ARTIFACT; prints the answer."""
     from zaya_edge.app.files import check_output, write_json_atomic
 
@@ -90,14 +91,16 @@ def solve(artifact, problem, preset, template, checkpoint, report_path, force, t
             check_output(report_path, None if force else "--force")
         if checkpoint:
             check_output(checkpoint)
-        result = _solve(strategy, _load_engine(artifact, threads), problem, checkpoint, quiet)
+        engine = _load_engine(artifact, threads, prefix_cache)
+        result = _solve(strategy, engine, problem, checkpoint, quiet)
     except RequestError as exc:
         raise type(exc)(as_flags(str(exc), click.get_current_context().command)) from exc
     if report_path:
-        write_json_atomic(report_path, result.report())
+        write_json_atomic(report_path, {**result.report(), "prefix_cache": dataclasses.asdict(engine.prefix_cache.stats)})
     rate = f", {result.tokens_per_s:.1f} tok/s" if result.tokens_per_s else ""
     click.echo(f"{len(result.rounds)} round(s), {result.generated_tokens} tokens in {result.wall_s:.1f} s{rate}; "
                f"answer by {result.selected_by}" + (f"; report in {report_path}" if report_path else ""), err=True)
+    _echo_prefix_cache(engine)
     click.echo(result.answer if result.answer is not None else "(no answer found)")
 
 
@@ -160,12 +163,18 @@ class _Progress:
             self.bar.close()
 
 
-def _load_engine(artifact, threads):
+def _load_engine(artifact, threads, prefix_cache):
     try:
         from zaya_edge.runtime import Engine
     except ImportError as exc:
         raise ZayaEdgeError(f"the runtime engine is not available ({exc})") from None
-    return Engine.load(artifact, threads=threads)
+    return Engine.load(artifact, threads=threads, prefix_cache=prefix_cache)
+
+
+def _echo_prefix_cache(engine) -> None:
+    line = prefix_cache_line(engine.prefix_cache)
+    if line:
+        click.echo(line, err=True)
 
 
 def _limit_in_held_out_set(ctx, param, value):
@@ -210,9 +219,10 @@ def _eval_temperature_help() -> str:
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="--ray: keep every problem's rounds in this folder (on this machine); re-run to resume.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None, help="Write per-problem results here.")
+@prefix_cache_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_(artifact, task, strategy, limit, seed, temperature, budget, threads, ray_address, actors, checkpoint_dir,
-          json_path, quiet, **rsa_settings):
+          json_path, prefix_cache, quiet, **rsa_settings):
     """Accuracy of the artifact folder ARTIFACT on a fixed held-out problem set."""
     from zaya_edge.app.eval import task_rsa
     from zaya_edge.app.files import check_output, write_json_atomic
@@ -228,24 +238,26 @@ def eval_(artifact, task, strategy, limit, seed, temperature, budget, threads, r
     elif actors is not None or checkpoint_dir is not None:
         raise ZayaEdgeError("--actors and --checkpoint-dir go with --ray")
     else:
-        report = _eval_here(artifact, task, strategy, rsa, limit, seed, threads, quiet, sampling)
+        report = _eval_here(artifact, task, strategy, rsa, limit, seed, threads, prefix_cache, quiet, sampling)
     if json_path:
         write_json_atomic(json_path, report.to_dict())
     click.echo(report.summary())
 
 
-def _eval_here(artifact, task, strategy, rsa, limit, seed, threads, quiet, sampling):
+def _eval_here(artifact, task, strategy, rsa, limit, seed, threads, prefix_cache, quiet, sampling):
     """One engine in this process, a progress bar per problem."""
     from zaya_edge.app.eval import evaluate
     from zaya_edge.app.progress import ProblemBar
 
-    engine = _load_engine(artifact, threads)
+    engine = _load_engine(artifact, threads, prefix_cache)
     bar = None if quiet else ProblemBar(f"{task} {strategy}")
     try:
-        return evaluate(engine, task, rsa, limit=limit, seed=seed, on_problem=bar, **sampling)
+        report = evaluate(engine, task, rsa, limit=limit, seed=seed, on_problem=bar, **sampling)
     finally:
         if bar is not None:
             bar.close()
+    _echo_prefix_cache(engine)
+    return report
 
 
 def _eval_on_ray(artifact, task, rsa, limit, seed, address, actors, threads, checkpoint_dir, quiet):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from zaya_edge.app.cli.common import Command
+from zaya_edge.app.params import prefix_cache_option
 
 from zaya_edge.errors import ZayaEdgeError
 
@@ -21,12 +22,13 @@ from zaya_edge.errors import ZayaEdgeError
               help="Require 'Authorization: Bearer KEY' on /v1 (or set ZAYA_EDGE_API_KEY).")
 @click.option("--model-name", default=None, help="The model id clients send.  [default: the artifact folder's name]")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
-def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, threads):
+@prefix_cache_option
+def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, threads, prefix_cache):
     """Serve the artifact folder ARTIFACT over an OpenAI-compatible HTTP API (/v1/chat/completions, ...)."""
     try:
         from zaya_edge.app.serve.server import serve as run
     except ImportError as exc:
         raise ZayaEdgeError(f"serving needs the [serve] extra (pip install 'zaya-edge[serve]'): {exc}") from None
     run(artifact, host=host, port=port, max_batch=max_batch, max_queue=max_queue, api_key=api_key,
-        model_name=model_name, threads=threads)
+        model_name=model_name, threads=threads, prefix_cache=prefix_cache)
 

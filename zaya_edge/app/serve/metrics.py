@@ -20,9 +20,15 @@ _SCHEDULER = [
     ("zaya_edge_cache_bytes", "gauge", "Bytes of the batch's KV and CCA state cache.", "cache_bytes"),
     ("zaya_edge_generated_tokens_total", "counter", "Tokens generated.", "generated_tokens"),
     ("zaya_edge_prompt_tokens_total", "counter", "Prompt tokens of admitted sequences.", "prompt_tokens"),
-    ("zaya_edge_prefill_tokens_total", "counter", "Prompt tokens actually computed (shared prompts once).",
+    ("zaya_edge_prefill_tokens_total", "counter", "Prompt tokens actually computed (shared prompts once, cached ones not).",
      "prefill_tokens"),
     ("zaya_edge_model_calls_total", "counter", "onnxruntime session calls (prefills and decode steps).", "model_calls"),
+    ("zaya_edge_prefix_hits_total", "counter", "Prompts (and shared prompt heads) started from the prefix cache.",
+     "prefix_hits"),
+    ("zaya_edge_prefix_reused_tokens_total", "counter", "Prompt tokens restored from the prefix cache, not computed.",
+     "prefix_tokens_reused"),
+    ("zaya_edge_prefix_cache_bytes", "gauge", "Bytes the prefix cache holds (--prefix-cache bounds it).",
+     "prefix_cache_bytes"),
     ("zaya_edge_cancelled_sequences_total", "counter", "Sequences cancelled (client gone, shutdown).", "cancelled"),
 ]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from zaya_edge.runtime import Engine
+from zaya_edge.runtime.prefix_cache import DEFAULT_BYTES
 from zaya_edge.runtime.scheduler import Scheduler
 
 from .app import Served, create_app
@@ -16,9 +17,9 @@ GRACEFUL_S = 5  # open streams get this long at shutdown before they are cut
 
 
 def build(artifact: str | Path, *, max_batch: int = 16, max_queue: int = 64, api_key: str | None = None,
-          model_name: str | None = None, threads: int | None = None):
+          model_name: str | None = None, threads: int | None = None, prefix_cache: int = DEFAULT_BYTES):
     """(the app, its Served state) with the scheduler running; the app's lifespan end closes it."""
-    engine = Engine.load(artifact, threads=threads, max_batch=max_batch)
+    engine = Engine.load(artifact, threads=threads, max_batch=max_batch, prefix_cache=prefix_cache)
     engine.codec  # an artifact without a tokenizer cannot serve text: refuse it now, in one line
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue).start()
     served = Served(engine, scheduler, model_name or Path(artifact).resolve().name, api_key or None)

@@ -23,6 +23,12 @@ from zaya_edge.errors import ContextFullError
 from .session import bind
 
 
+def bytes_per_sequence(dims: ZayaDims, columns: int) -> int:
+    """What one slot of `columns` columns allocates (StateCache.nbytes is slots x this): its key and
+    value columns, both conv/recurrent buffers (they alternate between calls) and its mask row."""
+    return columns * (dims.kv_bytes_per_token + np.dtype(np.int64).itemsize) + 2 * dims.fixed_state_bytes
+
+
 @dataclasses.dataclass
 class RowState:
     """A snapshot of one sequence: its real columns only (a versioned, self-contained copy)."""

@@ -23,6 +23,14 @@ from zaya_edge.errors import ContextFullError
 from .session import bind
 
 
+def bytes_per_sequence(dims: ZayaDims, columns: int, kv_bytes_per_token: int | None = None) -> int:
+    """What one slot of `columns` columns allocates (StateCache.nbytes is slots x this): its key and
+    value columns (`kv_bytes_per_token`: the artifact's cache dtype, default fp32), both
+    conv/recurrent buffers (they alternate between calls) and its mask row."""
+    kv = dims.kv_bytes_per_token if kv_bytes_per_token is None else kv_bytes_per_token
+    return columns * (kv + np.dtype(np.int64).itemsize) + 2 * dims.fixed_state_bytes
+
+
 @dataclasses.dataclass
 class RowState:
     """A snapshot of one sequence: its real columns only (a versioned, self-contained copy)."""

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 from zaya_edge.errors import ContextFullError, RequestError
 
 from .batch import SequenceBatch
+from .cache import bytes_per_sequence
 from .chat import ChatSession
 from .generation import Generation, GenerationStats, decode_loop
 from .prefix_cache import DEFAULT_BYTES, Prefilled, PrefixCache, check_bytes
@@ -92,7 +93,8 @@ class Engine:
         return self.session.artifact.manifest_sha256
 
     def cache_bytes_per_sequence(self, length: int) -> int:
-        return self.session.manifest.kv_bytes_per_token * length + self.dims.fixed_state_bytes
+        """The cache one sequence of `length` tokens allocates (what max_memory plans with)."""
+        return bytes_per_sequence(self.dims, length, self.session.manifest.kv_bytes_per_token)
 
     # ---- requests ------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int], chat: bool = True) -> tuple[int, ...]:

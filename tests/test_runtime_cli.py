@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from zaya_edge import artifact as A
+from zaya_edge.runtime import Engine
 
 
 def cli(*args, stdin=None):
@@ -54,7 +54,7 @@ def test_bench_smoke(tiny_artifact, tmp_path):
     assert set(result["median"]) == {"decode_tok_s_b1", "ttft_s", "prefill_tok_s", "decode_tok_s_b2"}
     assert all(v > 0 for v in result["median"].values())
     # the largest cache of these workloads: 2 rows x (8 + 4) columns, or 1 row x 17 for the prefill
-    d = A.Artifact.open(tiny_artifact[1]).dims
-    want = max(2 * (12 * d.kv_bytes_per_token + d.fixed_state_bytes), 17 * d.kv_bytes_per_token + d.fixed_state_bytes)
+    one = Engine.load(tiny_artifact[1]).cache_bytes_per_sequence
+    want = max(2 * one(12), one(17))
     assert result["cache_bytes"] == want
     assert result["rss_budget_bytes"] == int((result["artifact_bytes"] + want) * 1.15)

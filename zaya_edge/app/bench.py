@@ -72,10 +72,9 @@ def bench_artifact(
     samples = _measure(engine, prompt, new_tokens, prefill, batches, runs, seed, on_result)
     manifest = engine.manifest
     artifact_bytes = engine.session.artifact.total_bytes
-    d = engine.dims
-    # the largest cache any workload held: rows x (prompt + new) KV columns plus per-row states
+    # the largest cache any workload held: rows x one sequence of (prompt + new) columns
     cache_bytes = max(
-        rows * (length * manifest.kv_bytes_per_token + d.fixed_state_bytes)
+        rows * engine.cache_bytes_per_sequence(length)
         for rows, length in [(1, prefill + 1), *((b, prompt + new_tokens) for b in (1, *batches))]
     )
     return {

@@ -1,6 +1,7 @@
 // CPU kernel of ai.zaya::CachedAttention (contract: attention.h).
 //
-//   work item = (row b, kv head g, block of <= 4 query rows, key split)
+//   work item = (row b, kv head g, block of <= 4 query rows, key split)   [decode: here; prompts of
+//               8+ tokens take the blocked matmul path of attention_prefill.cc, same items]
 //     for each tile of 32 keys:   K tile -> fp32 scratch (read once)  -> scores of the G*rows
 //                                 query heads sharing g; online softmax; V tile read once -> acc
 //   then per (b, g, block): the key splits' (max, sum, acc) are merged and normalised.
@@ -17,86 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "attention.h"
-#include "cpu_simd.h"
-
-#if defined(ZAYA_X86_DISPATCH)
-#include <immintrin.h>
-#endif
+#include "attention_kernels.h"
 
 namespace zaya {
 namespace {
-
-constexpr int64_t kTile = 32;       // keys per tile
-constexpr int64_t kRowBlock = 4;    // query rows per work item
-constexpr int64_t kSplitMin = 512;  // keys per split, at least
-constexpr int64_t kWantItems = 8;   // split keys until there are this many items
-constexpr int64_t kPrefetch = 8192;  // elements ahead of the tile being widened (8 KB of fp16)
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-typedef _Float16 h8 __attribute__((vector_size(16)));
-
-template <typename T>
-ZAYA_INLINE v8 load8(const T* p);
-template <>
-ZAYA_INLINE v8 load8<float>(const float* p) { return vload<v8>(p); }
-template <>
-ZAYA_INLINE v8 load8<_Float16>(const _Float16* p) {
-  h8 h;
-  std::memcpy(&h, p, sizeof h);
-  return __builtin_convertvector(h, v8);
-}
-ZAYA_INLINE void store8(float* p, v8 v) { vstore(p, v); }
-ZAYA_INLINE void store8(_Float16* p, v8 v) {
-  const h8 h = __builtin_convertvector(v, h8);
-  std::memcpy(p, &h, sizeof h);
-}
-// fp16 -> fp32 of a tile, out of line per ISA: GCC 12 converts _Float16 vectors element by
-// element, so the F16C clones use the intrinsic.
-using Widen = void (*)(const _Float16*, float*, int64_t);
-void widen_generic(const _Float16* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-#if defined(ZAYA_X86_DISPATCH)
-ZAYA_TARGET_V3 void widen_f16c(const _Float16* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; i += 8) {
-    if (i % 32 == 0) __builtin_prefetch(src + i + kPrefetch);
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  }
-}
-#endif
-
-// A tile of n cache elements as fp32: the cache itself when it is fp32, else widened into buf.
-ZAYA_INLINE const float* as_f32(const float* src, float*, int64_t n, Widen) {
-  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(src + i + kPrefetch);
-  return src;
-}
-ZAYA_INLINE const float* as_f32(const _Float16* src, float* buf, int64_t n, Widen widen) {
-  widen(src, buf, n);
-  return buf;
-}
-
-ZAYA_INLINE float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
-ZAYA_INLINE v8 exp_le0(v8 y) { return exp_neg(y < -87.0f ? splat<v8>(-87.0f) : y); }
-
-struct Item {
-  int64_t b, g, r0, r1, j0, j1;  // rows [r0, r1) of the new tokens, keys [j0, j1)
-};
-
-// Running softmax state of one query head: max, sum, then D accumulators.
-struct Part {
-  float* p;
-  float& m() { return p[0]; }
-  float& l() { return p[1]; }
-  float* acc() { return p + 2; }
-};
-
-// Keys [lo, hi] row i of the new tokens may see (before the mask).
-ZAYA_INLINE void row_range(const AttentionArgs& a, int64_t i, int64_t* lo, int64_t* hi) {
-  const int64_t c = a.total - a.seq + i;
-  *hi = c;
-  *lo = a.window > 0 ? std::max<int64_t>(0, c - a.window + 1) : 0;
-}
 
 // The 8 horizontal sums of a[0..8) as one vector (a pairwise shuffle tree).
 ZAYA_INLINE v8 reduce8(const v8* a) {
@@ -217,8 +142,6 @@ ZAYA_INLINE void attend_item(const AttentionArgs& a, const Item& it, float* part
   }
 }
 
-using ItemFn = void (*)(const AttentionArgs&, const Item&, float*, float*);
-
 #define ZAYA_ATTEND_CLONE(name, target, widen)                                              \
   target void name##_f32(const AttentionArgs& a, const Item& it, float* p, float* s) {       \
     attend_item<float>(a, it, p, s, widen);                                                  \
@@ -312,27 +235,32 @@ void attention_cpu(const AttentionArgs& a, const ParallelFor& pfor) {
   run(static_cast<size_t>(B * H), pfor, [&](int64_t i) {
     if (a.half) write_new<_Float16>(a, i / H, i % H); else write_new<float>(a, i / H, i % H);
   });
-  const int64_t blocks = (a.seq + kRowBlock - 1) / kRowBlock, groups = B * H * blocks;
+  // a prompt's rows go through the blocked matmul path, a decode step's through the streaming one
+  const bool prefill = a.seq >= kPrefillFrom;
+  const int64_t rows = prefill ? kPrefillRows : kRowBlock;
+  const PrefillKernels pk = prefill_kernels(kernel().isa);
+  const ItemFn fn = prefill ? (a.half ? pk.f16 : pk.f32) : (a.half ? kernel().f16 : kernel().f32);
+  const int64_t scratch_floats = prefill ? prefill_scratch(G, D) : (rows * G + 2 * kTile) * D + rows * G * kTile;
+  const int64_t blocks = (a.seq + rows - 1) / rows, groups = B * H * blocks;
   int64_t lo_all, hi_all, unused;
   row_range(a, 0, &lo_all, &unused);
   row_range(a, a.seq - 1, &unused, &hi_all);
   const int64_t span = hi_all + 1 - lo_all;
   const int64_t splits = groups >= kWantItems ? 1 : std::max<int64_t>(1, std::min((kWantItems + groups - 1) / groups, span / kSplitMin));
-  const int64_t chunk = (span + splits - 1) / splits, stride = kRowBlock * G * (D + 2);
+  const int64_t chunk = (span + splits - 1) / splits, stride = rows * G * (D + 2);
   thread_local std::vector<float> parts_buf;
   parts_buf.resize(static_cast<size_t>(groups * splits * stride));
   float* parts = parts_buf.data();
-  const ItemFn fn = a.half ? kernel().f16 : kernel().f32;
   run(static_cast<size_t>(groups * splits), pfor, [&](int64_t idx) {
     const int64_t sp = idx % splits, grp = idx / splits, blk = grp % blocks, bg = grp / blocks;
-    Item it{bg / H, bg % H, blk * kRowBlock, std::min(a.seq, (blk + 1) * kRowBlock), 0, 0};
+    Item it{bg / H, bg % H, blk * rows, std::min(a.seq, (blk + 1) * rows), 0, 0};
     int64_t lo, hi;
     row_range(a, it.r0, &lo, &unused);
     row_range(a, it.r1 - 1, &unused, &hi);
     it.j0 = std::max(lo, lo_all + sp * chunk);
     it.j1 = std::min(hi + 1, lo_all + (sp + 1) * chunk);
     thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>((kRowBlock * G + 2 * kTile) * D + kRowBlock * G * kTile));
+    scratch.resize(static_cast<size_t>(scratch_floats));
     float* p = parts + idx * stride;
     if (it.j0 >= it.j1) {  // nothing of this split is visible to the block
       for (int64_t n = 0; n < (it.r1 - it.r0) * G; ++n) p[n * (D + 2)] = kNegInf;
@@ -342,8 +270,8 @@ void attention_cpu(const AttentionArgs& a, const ParallelFor& pfor) {
   });
   run(static_cast<size_t>(groups), pfor, [&](int64_t grp) {
     const int64_t blk = grp % blocks, bg = grp / blocks;
-    merge_block(a, bg / H, bg % H, blk * kRowBlock, std::min(a.seq, (blk + 1) * kRowBlock),
-                parts + grp * splits * stride, splits, stride);
+    merge_block(a, bg / H, bg % H, blk * rows, std::min(a.seq, (blk + 1) * rows), parts + grp * splits * stride,
+                splits, stride);
   });
 }
 

@@ -151,7 +151,7 @@ def test_registration_refused_by_the_library(tmp_path):
 @pytest.mark.skipif(LIB is None, reason="custom-op library not built (make custom-ops)")
 def test_real_library_through_env_var():
     lines = probe(env_value=LIB)
-    assert lines[0].endswith("the Router runs natively")
+    assert lines[0].endswith(f"{' and '.join(custom_ops.library_info(LIB).ops)} run(s) natively")
     assert lines[1].startswith(f"REGISTERED {LIB}")
 
 

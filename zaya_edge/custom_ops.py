@@ -323,4 +323,4 @@ def describe() -> str:
         return "custom ops: not built (make custom-ops); the Router runs its ONNX function body (fallback)"
     if info.ort_api_version > _ort_api_version():
         return f"custom ops: {info} needs a newer onnxruntime; the Router would fail to register"
-    return f"custom ops: {info}; the Router runs natively"
+    return f"custom ops: {info}; {' and '.join(info.ops) if info.ops else 'the Router'} run(s) natively"

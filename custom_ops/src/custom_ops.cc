@@ -219,7 +219,10 @@ std::string build_info() {
   std::ostringstream o;
   o << "{\"version\": \"" << ZAYA_CUSTOM_OPS_VERSION << "\", \"abi\": " << ZAYA_CUSTOM_OPS_ABI
     << ", \"ort_api_version\": " << ORT_API_VERSION << ", \"domain\": \"" << kDomain << "\", \"ops\": [\"" << kRouter
-    << "\", \"CachedAttention\"], \"providers\": [\"CPUExecutionProvider\"";
+#if !defined(ZAYA_WITH_GPU)
+    << "\", \"CachedAttention"
+#endif
+    << "\"], \"providers\": [\"CPUExecutionProvider\"";
 #if defined(ZAYA_WITH_GPU)
   o << ", \"" << kProviderNames[kGpuProvider] << "\"";
 #endif
@@ -258,8 +261,12 @@ ZAYA_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options
   try {
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&router_cpu);
+#if !defined(ZAYA_WITH_GPU)
+    // CPU-only builds: a GPU library leaves CachedAttention to its function body, so a GPU session
+    // runs GroupQueryAttention on the GPU instead of this CPU kernel behind two cache copies.
     domain.Add(zaya::attention_cpu_op(false));
     domain.Add(zaya::attention_cpu_op(true));
+#endif
 #if defined(ZAYA_WITH_GPU)
     domain.Add(&router_gpu);
 #endif

@@ -10,7 +10,8 @@ does it (512-token chunks; its rate is printed too), then `steps` batch-1 decode
 (median). The slope from the shortest to the longest context, over the layers, is the cost per
 layer per 1K tokens of context; an fp16 cache holds num_kv_heads x head_dim x 2 (K, V) x 2 bytes
 per token per layer (1 MiB per 1K tokens at ZAYA1-8B), read at the measured streaming-read rate.
-Runs are interleaved path by path within one process, so the ratios are from one machine state.
+The paths' decode steps are taken in turn within one process, so their ratios come from one
+machine state.
 """
 
 from __future__ import annotations
@@ -35,20 +36,27 @@ from zaya_edge.runtime.session import DecoderSession  # noqa: E402
 TARGET_RATIO = 1.4  # issue 15: per-layer per-1K decode cost <= 1.4x one read of 1K fp16 cache tokens
 
 
-def measure(session: DecoderSession, context: int, steps: int, seed: int) -> dict:
-    """Prefill `context` random tokens, then time `steps` greedy decode steps (batch 1)."""
-    vocab = session.dims.vocab_size
+def measure(sessions: dict, context: int, steps: int, seed: int) -> dict:
+    """Per session: prefill `context` random tokens, then `steps` greedy decode steps (batch 1),
+    the sessions' steps taken in turn so that a change in the machine's load hits them alike."""
+    vocab = next(iter(sessions.values())).dims.vocab_size
     prompt = np.random.default_rng(seed).integers(3, vocab, context).tolist()
-    batch = SequenceBatch(session, slots=1, capacity=context + steps + 8)
-    t0 = time.perf_counter()
-    logits = batch.admit({0: prompt})[0]
-    prefill_s = time.perf_counter() - t0
-    times = []
+    state, out = {}, {}
+    for name, session in sessions.items():
+        batch = SequenceBatch(session, slots=1, capacity=context + steps + 8)
+        t0 = time.perf_counter()
+        logits = batch.admit({0: prompt})[0]
+        out[name] = {"context": context, "prefill_tok_s": context / (time.perf_counter() - t0), "times": []}
+        state[name] = (batch, logits)
     for _ in range(steps):
-        t = time.perf_counter()
-        logits = batch.step({0: int(np.argmax(logits))})[0]
-        times.append(time.perf_counter() - t)
-    return {"context": context, "prefill_tok_s": context / prefill_s, "step_ms": 1e3 * statistics.median(times)}
+        for name, (batch, logits) in state.items():
+            t = time.perf_counter()
+            logits = batch.step({0: int(np.argmax(logits))})[0]
+            out[name]["times"].append(time.perf_counter() - t)
+            state[name] = (batch, logits)
+    for row in out.values():
+        row["step_ms"] = 1e3 * statistics.median(row.pop("times"))
+    return out
 
 
 def report(name: str, path: str, rows: list[dict], session: DecoderSession, read_gbps: float) -> None:
@@ -82,11 +90,10 @@ def main(argv=None) -> None:
         sessions = {p: DecoderSession(path, threads=args.threads, custom_ops=None if p == "native" else False)
                     for p in args.paths.split(",")}
         rows = {p: [] for p in sessions}
-        for session in sessions.values():  # the first calls of a session page weights in: not timed
-            measure(session, 64, 4, args.seed)
-        for context in contexts:  # interleaved: every path at one context before the next context
-            for p, session in sessions.items():
-                rows[p].append(measure(session, context, args.steps, args.seed))
+        measure(sessions, 64, 4, args.seed)  # the first calls of a session page weights in: not timed
+        for context in contexts:
+            for p, row in measure(sessions, context, args.steps, args.seed).items():
+                rows[p].append(row)
         for p, session in sessions.items():
             report(p, path, rows[p], session, read)
 

@@ -20,7 +20,11 @@ DEFAULT_BLOCK_SIZE = 32
 METHODS = ("rtn", "mse")  # round to nearest; a per-block clipping search (quant.py)
 DEFAULT_METHOD = "mse"  # lower KL than rtn at int4 on the tiny models (benchmarks/quant_methods.py)
 
+# int4 experts as one ai.zaya::ExpertMoE node per layer (native kernel on the stored blocks, function
+# body = the portable QMoE / MatMulNBits graph); --portable exports the stock graph.
+DEFAULT_FUSED_MOE = True
+
 __all__ = [
-    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_METHOD", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
+    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_FUSED_MOE", "DEFAULT_METHOD", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
     "QUANT_BITS", "TABLE_PRECISIONS",
 ]

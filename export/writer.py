@@ -48,6 +48,7 @@ def export_model(
     quant_method: str | None = None,
     all_logits: bool = False,
     context_length: int | None = None,
+    fused_moe: bool | None = None,
     force: bool = False,
     config=None,
     progress: bool = True,
@@ -57,7 +58,9 @@ def export_model(
     `precision` int4/int8 quantizes projections, experts and the tied table (`block_size`
     default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
     precision's, `quant_method` rtn/mse). int4 is the default, as in the CLI: the point is a model
-    that fits a laptop; fp32 is the exact reference. An existing `out` is replaced only if `force`.
+    that fits a laptop; fp32 is the exact reference. `fused_moe` (default options.DEFAULT_FUSED_MOE)
+    emits int4 experts as ai.zaya::ExpertMoE nodes where the native kernel covers them; False keeps
+    the stock QMoE / MatMulNBits graph. An existing `out` is replaced only if `force`.
     """
     out = Path(out)
     _check_replaceable(out, force)
@@ -66,7 +69,7 @@ def export_model(
         ckpt = open_checkpoint(src, config)
         plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
                            lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
-                           context_length=context_length)
+                           context_length=context_length, fused_moe=fused_moe)
         check_tensors(ckpt)
         model = DecoderGraphBuilder(ckpt, plan).build()
         _write_artifact(ckpt, model, plan, out, progress, force)

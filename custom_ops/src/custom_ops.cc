@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "moe_op.h"
 #include "router.h"
 
 #if defined(_WIN32)
@@ -217,7 +218,7 @@ std::string build_info() {
   std::ostringstream o;
   o << "{\"version\": \"" << ZAYA_CUSTOM_OPS_VERSION << "\", \"abi\": " << ZAYA_CUSTOM_OPS_ABI
     << ", \"ort_api_version\": " << ORT_API_VERSION << ", \"domain\": \"" << kDomain << "\", \"ops\": [\"" << kRouter
-    << "\"], \"providers\": [\"CPUExecutionProvider\"";
+    << "\", \"" << zaya::kExpertMoe << "\"], \"providers\": [\"CPUExecutionProvider\"";
 #if defined(ZAYA_WITH_GPU)
   o << ", \"" << kProviderNames[kGpuProvider] << "\"";
 #endif
@@ -256,6 +257,7 @@ ZAYA_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options
   try {
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&router_cpu);
+    domain.Add(zaya::expert_moe_cpu_op());
 #if defined(ZAYA_WITH_GPU)
     domain.Add(&router_gpu);
 #endif

@@ -26,9 +26,13 @@ from zaya_edge.export import options as choices
               help=f"int4/int8: rtn (round to nearest) or mse (per-block scale search).  [default: {choices.DEFAULT_METHOD}]")
 @click.option("--all-logits", is_flag=True, help="Output logits for every position (default: last only).")
 @click.option("--context-length", type=int, default=None, help="Longest context the artifact supports (default: the model's).")
+@click.option("--portable", is_flag=True,
+              help="int4: experts as the stock QMoE / MatMulNBits graph instead of ai.zaya::ExpertMoE nodes "
+                   "(whose function body is that graph; the native kernel reads the stored blocks in place).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, force, quiet):
+def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, portable,
+           force, quiet):
     """Export the ZAYA checkpoint folder SRC into an artifact folder."""
     check_output_folder(out)
     try:
@@ -38,7 +42,8 @@ def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, a
     try:
         path = export_model(
             src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
-            quant_method=quant_method, all_logits=all_logits, context_length=context_length, force=force,
+            quant_method=quant_method, all_logits=all_logits, context_length=context_length,
+            fused_moe=False if portable else None, force=force,
             progress=not quiet,
         )
     except RequestError as exc:

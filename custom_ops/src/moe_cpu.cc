@@ -139,13 +139,39 @@ std::vector<MatTask> mat_tasks(const Routing& rt, int64_t experts, int64_t rows)
   return tasks;
 }
 
+// Experts with many routes get their input rows packed for the blocked kernel (int8 only).
+std::vector<PackedRows> pack_experts(const MoeArgs& a, const Routing& rt, const PreparedRows& in, const int64_t* idx,
+                                     int64_t k, std::vector<uint8_t>& mem, const ParallelFor& pfor) {
+  std::vector<PackedRows> packed(static_cast<size_t>(a.e));
+  if (!a.int8 || panel_tile() == 0) return packed;
+  std::vector<size_t> offset(static_cast<size_t>(a.e + 1), 0);
+  for (int64_t e = 0; e < a.e; ++e) {
+    const int64_t count = rt.start[static_cast<size_t>(e + 1)] - rt.start[static_cast<size_t>(e)];
+    offset[static_cast<size_t>(e + 1)] = offset[static_cast<size_t>(e)] + (count >= kPanelMin ? packed_bytes(count, k, a.block) : 0);
+  }
+  mem.resize(offset.back());
+  run_tasks(a.e, pfor, [&](int64_t e) {
+    const int64_t s0 = rt.start[static_cast<size_t>(e)], count = rt.start[static_cast<size_t>(e + 1)] - s0;
+    if (count >= kPanelMin)
+      packed[static_cast<size_t>(e)] = pack_rows(in, idx + s0, count, k, a.block, mem.data() + offset[static_cast<size_t>(e)]);
+  });
+  return packed;
+}
+
 // out[route, rows] for every task: the expert's routes (prepared rows `idx`) times W's rows.
 void run_matmul(const MoeArgs& a, const QWeights& w, const Routing& rt, const std::vector<MatTask>& tasks,
                 const PreparedRows& in, const int64_t* idx, float* out, int64_t ldo, const ParallelFor& pfor) {
+  thread_local std::vector<uint8_t> mem;
+  const std::vector<PackedRows> packed = pack_experts(a, rt, in, idx, w.k, mem, pfor);
   run_tasks(static_cast<int64_t>(tasks.size()), pfor, [&](int64_t i) {
     const MatTask& t = tasks[static_cast<size_t>(i)];
     const int64_t s0 = rt.start[static_cast<size_t>(t.expert)], s1 = rt.start[static_cast<size_t>(t.expert + 1)];
-    qgemm(w, t.expert, t.r0, t.r1, a.block, in, a.int8, idx + s0, s1 - s0, out + s0 * ldo, ldo);
+    const PackedRows& p = packed[static_cast<size_t>(t.expert)];
+    if (p.count) {
+      panel_gemm(w, t.expert, t.r0, t.r1, a.block, p, out + s0 * ldo, ldo);
+    } else {
+      qgemm(w, t.expert, t.r0, t.r1, a.block, in, a.int8, idx + s0, s1 - s0, out + s0 * ldo, ldo);
+    }
   });
 }
 

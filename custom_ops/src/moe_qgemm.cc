@@ -34,6 +34,7 @@ namespace zaya {
 namespace {
 
 constexpr int kMaxTile = 4;  // activation rows per pass over a weight row
+constexpr int64_t kAhead = 4096;  // bytes of the weight stream prefetched ahead (a few rows)
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
@@ -55,6 +56,25 @@ float half_to_float(uint16_t h) {
 // Where value v of a row lies in a prepared chunked row.
 inline int64_t slot(int64_t v) { return (v & ~(kChunk - 1)) + ((v & 1) ? kChunk / 2 : 0) + ((v & (kChunk - 1)) >> 1); }
 
+// A weight row's geometry, computed once per matmul: the kernels run it for every row.
+struct RowShape {
+  int64_t k, bytes, nb, shift;  // values, stored bytes, blocks; block = 1 << shift
+  int64_t per_chunk, per_half;  // blocks per 128 / 64 values (1 when a block is longer)
+  alignas(64) int32_t lane16[16];  // block of lane l within a 128-value chunk
+  alignas(32) int32_t lane8[8];    // ... within a 64-value half chunk
+};
+
+RowShape row_shape(int64_t k, int64_t block) {
+  RowShape s{};
+  s.k = k, s.bytes = k / 2, s.nb = k / block;
+  while ((int64_t{1} << s.shift) < block) ++s.shift;
+  s.per_chunk = block < kChunk ? kChunk / block : 1;
+  s.per_half = block < 64 ? 64 / block : 1;
+  for (int l = 0; l < 16; ++l) s.lane16[l] = block < kChunk ? static_cast<int32_t>(8 * l / block) : 0;
+  for (int l = 0; l < 8; ++l) s.lane8[l] = block < 64 ? static_cast<int32_t>(8 * l / block) : 0;
+  return s;
+}
+
 struct Tile {  // up to kMaxTile prepared rows
   const int8_t* q[kMaxTile];
   const int32_t* corr[kMaxTile];
@@ -66,11 +86,12 @@ struct Tile {  // up to kMaxTile prepared rows
 // ---- generic (any CPU) ------------------------------------------------------------------------
 
 template <int T>
-void row_generic(const uint8_t* wr, const uint16_t* sr, int64_t k, int64_t block, const Tile& t) {
+void row_generic(const uint8_t* wr, const uint16_t* sr, const RowShape& rs, const Tile& t) {
+  const int64_t k = rs.k;
   float acc[T][kLanes] = {};
   for (int64_t c = 0; c * kChunk < k; ++c) {
     for (int64_t l = 0; l < kLanes && c * kChunk + 8 * l < k; ++l) {
-      const float sb = half_to_float(sr[(c * kChunk + 8 * l) / block]);
+      const float sb = half_to_float(sr[(c * kChunk + 8 * l) >> rs.shift]);
       const uint8_t* wb = wr + c * 64 + 4 * l;
       for (int j = 0; j < T; ++j) {
         const int8_t* qe = t.q[j] + c * kChunk + 4 * l;
@@ -91,20 +112,20 @@ void row_generic(const uint8_t* wr, const uint16_t* sr, int64_t k, int64_t block
 // ---- AVX512-VNNI: one 64-byte chunk per step, 16 lanes ------------------------------------------
 
 template <int T>
-ZAYA_TARGET_VNNI512 void row_vnni512(const uint8_t* wr, const uint16_t* sr, int64_t k, int64_t block, const Tile& t) {
+ZAYA_TARGET_VNNI512 void row_vnni512(const uint8_t* wr, const uint16_t* sr, const RowShape& rs, const Tile& t) {
   const __m512i nib = _mm512_set1_epi8(0x0F);
-  alignas(64) int32_t lane_block[16];
-  for (int l = 0; l < 16; ++l) lane_block[l] = block < kChunk ? static_cast<int32_t>(8 * l / block) : 0;
-  const __m512i idx = _mm512_load_si512(lane_block);
-  const int64_t per_chunk = block < kChunk ? kChunk / block : 1, nb = k / block, bytes = k / 2;
+  const __m512i idx = _mm512_load_si512(rs.lane16);
+  const int64_t per_chunk = rs.per_chunk, nb = rs.nb, bytes = rs.bytes;
   __m512 acc[T];
   for (int j = 0; j < T; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t c = 0; c * 64 < bytes; ++c) {
     const int64_t rem = bytes - c * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(wr + c * 64 + kAhead), _MM_HINT_T0);
+    if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(sr) + c * 8 + kAhead / 8, _MM_HINT_T0);
     const __m512i wv = rem >= 64 ? _mm512_loadu_si512(wr + c * 64)
                                  : _mm512_maskz_loadu_epi8((__mmask64)((1ull << rem) - 1), wr + c * 64);
     const __m512i lo = _mm512_and_si512(wv, nib), hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), nib);
-    const int64_t b0 = c * kChunk / block, n = std::min(per_chunk, nb - b0);
+    const int64_t b0 = (c * kChunk) >> rs.shift, n = std::min(per_chunk, nb - b0);
     const __m128i hs = _mm_maskz_loadu_epi16((__mmask8)((1u << n) - 1), sr + b0);
     const __m512 sb = _mm512_permutexvar_ps(idx, _mm512_zextps256_ps512(_mm256_cvtph_ps(hs)));
     for (int j = 0; j < T; ++j) {
@@ -145,14 +166,14 @@ struct Avx2Dot<true> {
 
 #define ZAYA_AVX2_ROW_BODY(DOT)                                                                              \
   const __m256i nib = _mm256_set1_epi8(0x0F);                                                                \
-  alignas(32) int32_t lane_block[8];                                                                         \
-  for (int l = 0; l < 8; ++l) lane_block[l] = block < 64 ? static_cast<int32_t>(8 * l / block) : 0;         \
-  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_block));                       \
-  const int64_t per_half = block < 64 ? 64 / block : 1, nb = k / block, bytes = k / 2;                       \
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(rs.lane8));                         \
+  const int64_t per_half = rs.per_half, nb = rs.nb, bytes = rs.bytes;                                        \
   __m256 acc[T];                                                                                             \
   for (int j = 0; j < T; ++j) acc[j] = _mm256_setzero_ps();                                                  \
   for (int64_t p = 0; p * 32 < bytes; ++p) {                                                                 \
     const int64_t rem = bytes - p * 32, c = p / 2, half = p % 2;                                              \
+    _mm_prefetch(reinterpret_cast<const char*>(wr + p * 32 + kAhead), _MM_HINT_T0);                          \
+    if ((p & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(sr) + p * 4 + kAhead / 8, _MM_HINT_T0);   \
     __m256i wv;                                                                                              \
     if (rem >= 32) {                                                                                         \
       wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + p * 32));                                \
@@ -162,10 +183,22 @@ struct Avx2Dot<true> {
       wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));                                        \
     }                                                                                                        \
     const __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);     \
-    const int64_t b0 = p * 64 / block, n = std::min(per_half, nb - b0);                                      \
-    alignas(16) uint16_t hb[8] = {};                                                                         \
-    std::memcpy(hb, sr + b0, static_cast<size_t>(n) * 2);                                                    \
-    const __m256 sb = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(hb))), idx); \
+    const int64_t b0 = (p * 64) >> rs.shift, n = std::min(per_half, nb - b0);                               \
+    __m128i hs;                                                                                              \
+    if (n == 4) {                                                                                            \
+      hs = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sr + b0));                                       \
+    } else if (n == 2) {                                                                                     \
+      int32_t two;                                                                                           \
+      std::memcpy(&two, sr + b0, 4);                                                                         \
+      hs = _mm_cvtsi32_si128(two);                                                                           \
+    } else if (n == 1) {                                                                                     \
+      hs = _mm_cvtsi32_si128(sr[b0]);                                                                        \
+    } else {                                                                                                 \
+      alignas(16) uint16_t hb[8] = {};                                                                       \
+      std::memcpy(hb, sr + b0, static_cast<size_t>(n) * 2);                                                  \
+      hs = _mm_load_si128(reinterpret_cast<const __m128i*>(hb));                                             \
+    }                                                                                                        \
+    const __m256 sb = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(hs), idx);                                    \
     for (int j = 0; j < T; ++j) {                                                                            \
       const int8_t* q = t.q[j] + c * kChunk + half * 32;                                                     \
       __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.corr[j] + c * kLanes + half * 8));   \
@@ -182,12 +215,12 @@ struct Avx2Dot<true> {
   }
 
 template <int T>
-ZAYA_TARGET_V3 void row_avx2(const uint8_t* wr, const uint16_t* sr, int64_t k, int64_t block, const Tile& t) {
+ZAYA_TARGET_V3 void row_avx2(const uint8_t* wr, const uint16_t* sr, const RowShape& rs, const Tile& t) {
   ZAYA_AVX2_ROW_BODY(Avx2Dot<false>)
 }
 
 template <int T>
-ZAYA_TARGET_AVXVNNI void row_avxvnni(const uint8_t* wr, const uint16_t* sr, int64_t k, int64_t block, const Tile& t) {
+ZAYA_TARGET_AVXVNNI void row_avxvnni(const uint8_t* wr, const uint16_t* sr, const RowShape& rs, const Tile& t) {
   ZAYA_AVX2_ROW_BODY(Avx2Dot<true>)
 }
 #undef ZAYA_AVX2_ROW_BODY
@@ -223,7 +256,7 @@ ZAYA_CLONES float dot(const float* a, const float* b, int64_t n) {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-using RowFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int64_t, const Tile&);
+using RowFn = void (*)(const uint8_t*, const uint16_t*, const RowShape&, const Tile&);
 
 struct Int8Kernel {
   const char* name;
@@ -257,9 +290,16 @@ const Int8Kernel& int8_kernel() {
 
 const char* moe_isa() { return int8_kernel().name; }
 
+Isa int8_isa() {
+  const std::string name = int8_kernel().name;
+  if (name == "avx512vnni") return Isa::kAvx512Vnni;
+  if (name == "avxvnni") return Isa::kAvxVnni;
+  return name == "avx2" ? Isa::kAvx2 : Isa::kGeneric;
+}
+
 size_t prepared_bytes(int64_t rows, int64_t k, bool int8) {
   const int64_t kpad = chunked(k);
-  return static_cast<size_t>(int8 ? rows * (kpad + kpad / 8 * 8) : rows * kpad * 4) + 64;
+  return static_cast<size_t>(int8 ? rows * (2 * kpad + kpad / 16 * 8) : rows * kpad * 4) + 64;
 }
 
 PreparedRows prepared_view(void* mem, int64_t rows, int64_t k, bool int8) {
@@ -270,6 +310,8 @@ PreparedRows prepared_view(void* mem, int64_t rows, int64_t k, bool int8) {
     p.corr = reinterpret_cast<int32_t*>(base);
     p.scale = reinterpret_cast<float*>(base + rows * p.kpad / 8 * 4);
     p.q = reinterpret_cast<int8_t*>(base + rows * p.kpad / 8 * 8);
+    p.bcorr = reinterpret_cast<int32_t*>(base + rows * p.kpad / 8 * 8 + rows * p.kpad);
+    p.bscale = reinterpret_cast<float*>(base + rows * p.kpad / 8 * 8 + rows * p.kpad + rows * p.kpad / 16 * 4);
   } else {
     p.f = reinterpret_cast<float*>(base);
   }
@@ -280,6 +322,8 @@ ZAYA_CLONES void prepare_int8(const float* src, int64_t k, int64_t block, const 
   int8_t* q = p.q + dst_row * p.kpad;
   int32_t* corr = p.corr + dst_row * (p.kpad / 8);
   float* lane_scale = p.scale + dst_row * (p.kpad / 8);
+  int32_t* bcorr = p.bcorr + dst_row * (p.kpad / 16);
+  float* bscale = p.bscale + dst_row * (p.kpad / 16);
   std::memset(q, 0, static_cast<size_t>(p.kpad));
   std::fill(lane_scale, lane_scale + p.kpad / 8, 0.0f);
   for (int64_t b0 = 0; b0 < k; b0 += block) {
@@ -288,8 +332,15 @@ ZAYA_CLONES void prepare_int8(const float* src, int64_t k, int64_t block, const 
     for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(src[b0 + i]));
     // MLAS (QuantizeARow_CompInt8): scale = amax / 127, values times 127 / amax, nearest-even
     const float scale = amax / 127.0f, inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-    for (int64_t i = 0; i < len; ++i) q[slot(b0 + i)] = static_cast<int8_t>(std::nearbyint(src[b0 + i] * inv));
+    int32_t sum = 0;
+    for (int64_t i = 0; i < len; ++i) {
+      const int32_t v = static_cast<int32_t>(std::nearbyint(src[b0 + i] * inv));
+      q[slot(b0 + i)] = static_cast<int8_t>(v);
+      sum += v;
+    }
     for (int64_t v = b0; v < b0 + len; v += 8) lane_scale[v / 8] = scale;
+    bcorr[b0 / block] = -8 * sum;
+    bscale[b0 / block] = scale;
   }
   for (int64_t lane = 0; lane < p.kpad / 8; ++lane) {
     const int64_t c = lane / kLanes, l = lane % kLanes;
@@ -320,6 +371,7 @@ void qgemm(const QWeights& w, int64_t e, int64_t r0, int64_t r1, int64_t block, 
     return;
   }
   const Int8Kernel& kern = int8_kernel();
+  const RowShape rs = row_shape(w.k, block);
   for (int64_t j0 = 0; j0 < count; j0 += kMaxTile) {  // a tile of rows stays in L1 over the weight rows
     const int n = static_cast<int>(std::min<int64_t>(kMaxTile, count - j0));
     Tile t{};
@@ -330,7 +382,7 @@ void qgemm(const QWeights& w, int64_t e, int64_t r0, int64_t r1, int64_t block, 
     }
     for (int64_t r = r0; r < r1; ++r) {
       for (int j = 0; j < n; ++j) t.out[j] = out + (j0 + j) * ldo + r;
-      kern.rows[n](wbase + r * w.row_stride, sbase + r * w.scale_row_stride, w.k, block, t);
+      kern.rows[n](wbase + r * w.row_stride, sbase + r * w.scale_row_stride, rs, t);
     }
   }
 }

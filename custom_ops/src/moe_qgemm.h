@@ -20,14 +20,44 @@ constexpr int64_t kLanes = kChunk / 8;
 inline int64_t chunked(int64_t k) { return (k + kChunk - 1) / kChunk * kChunk; }
 
 // Prepared activation rows. int8: q [rows, kpad] int8, corr [rows, kpad/8] = -8·(sum of the
-// lane's 8 values), scale [rows, kpad/8] = the lane's block scale (amax/127). fp32: f [rows, kpad].
+// lane's 8 values), scale [rows, kpad/8] = the lane's block scale (amax/127); for the blocked
+// kernels (moe_panel.cc) also per block: bcorr [rows, kpad/16] = -8·(sum of the block's values)
+// and bscale [rows, kpad/16]. fp32: f [rows, kpad].
 struct PreparedRows {
   int8_t* q = nullptr;
   int32_t* corr = nullptr;
   float* scale = nullptr;
+  int32_t* bcorr = nullptr;
+  float* bscale = nullptr;
   float* f = nullptr;
   int64_t kpad = 0;
 };
+
+enum class Isa { kGeneric, kAvx2, kAvxVnni, kAvx512Vnni };
+Isa int8_isa();  // the int8 kernels this CPU runs (ZAYA_EDGE_CPU_ISA may force a lower one)
+
+constexpr int64_t kPanelMin = 6;  // from this many rows of one expert, the blocked kernel runs
+
+// Activation rows of one expert regrouped for the blocked kernel (moe_panel.cc): tiles of `tile`
+// rows (the last one zero-padded), per tile and 8-value step the rows' even then odd 4-byte groups
+// next to each other, and per block their corrections and scales.
+struct PackedRows {
+  const int8_t* q = nullptr;        // [tiles][K/8][tile][8]
+  const int32_t* bcorr = nullptr;   // [tiles][blocks][tile]
+  const float* bscale = nullptr;    // [tiles][blocks][tile]
+  int64_t count = 0, tile = 0, steps = 0, nb = 0;
+};
+
+// Rows per tile of this CPU's blocked kernel (0: none, the row kernels run everything).
+int64_t panel_tile();
+size_t packed_bytes(int64_t count, int64_t k, int64_t block);
+PackedRows pack_rows(const PreparedRows& a, const int64_t* rows, int64_t count, int64_t k, int64_t block, void* mem);
+
+// The blocked int8 kernel: the task's stored weight rows [r0, r1) are gathered once into
+// row-interleaved panels (scratch of the calling thread, not a copy kept), then every tile of
+// activation rows runs against them. out as qgemm's.
+void panel_gemm(const QWeights& w, int64_t e, int64_t r0, int64_t r1, int64_t block, const PackedRows& a,
+                float* out, int64_t ldo);
 
 // Bytes prepare_* need for `rows` rows of k values (int8 or fp32), and the layout in `mem`.
 size_t prepared_bytes(int64_t rows, int64_t k, bool int8);

@@ -143,7 +143,11 @@ class QuantizedLayers(Layers):
         if self.fused_moe:
             y = self._expert_moe(path, [flat, select, weight, fc1["weights"], fc1["scales"], fc2["weights"],
                                         fc2["scales"]])
-            return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
+        else:
+            y = self._qmoe(path, flat, select, weight, fc1, fc2)
+        return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
+
+    def _qmoe(self, path: str, flat, select, weight, fc1: dict, fc2: dict) -> ir.Value:
         inputs = [
             flat, select,
             fc1["weights"], fc1["scales"], None,
@@ -152,13 +156,12 @@ class QuantizedLayers(Layers):
             fc1.get("zero_points"), fc2.get("zero_points"), None,
             weight,
         ]
-        y = self.e.op(
+        return self.e.op(
             "QMoE", f"{path}/experts", inputs,
-            {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": spec.bits,
-             "block_size": spec.block_size, "accuracy_level": ACCURACY_LEVEL},
+            {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": self.spec.bits,
+             "block_size": self.spec.block_size, "accuracy_level": ACCURACY_LEVEL},
             domain=MS,
         )
-        return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
 
     def dense_experts(self, path, prefix, flat, select, weight, dims):
         """experts.dense_experts, or (fused) one ExpertMoE node over the same MatMulNBits initializers."""

@@ -20,22 +20,26 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import onnxruntime as ort
 
 from zaya_edge import custom_ops
-from zaya_edge.export.fixtures.moe_layer import layer_model, random_layer, random_routes
+from zaya_edge.export.fixtures.moe_layer import MoeLayer, layer_model, random_layer, random_routes, save_layer
 
 H, E, I, BLOCK = 2048, 16, 2048, 32
 WORKLOADS = (("decode 1 row", 1), ("decode 8 rows", 8), ("prefill 512", 512))
 
 
-def session(model: bytes, native: bool, threads: int):
+def session(model, native: bool, threads: int):
+    """Spinning off: two sessions alternate in one process, and a pool spinning after its run would
+    take the other's cores (2 here)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if native:
         custom_ops.register(so)
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
@@ -107,6 +111,20 @@ def run_isa(threads: int, repeats: int) -> dict:
     return out
 
 
+def rss_of(path: str, native: bool, threads: int) -> int:
+    """Bytes of resident memory a session over the saved layer holds after a 512-token call (a
+    fresh process: RSS after minus before), as an artifact's weights load (external data)."""
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    feeds = random_routes(np.random.default_rng(1), MoeLayer(H, E, I, BLOCK, "silu", {}), n=512, skip=0.0)
+    base = rss()
+    sess = session(path, native, threads)
+    sess.run(None, feeds)
+    return rss() - base
+
+
 def _library_isa() -> str:
     import ctypes
 
@@ -138,9 +156,14 @@ def main() -> None:
     p.add_argument("--isa", default="avx512vnni,avxvnni,avx2", help="ISA paths to force, one process each")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rss", help=argparse.SUPPRESS)
     args = p.parse_args()
     if custom_ops.find_library() is None:
         sys.exit("custom-op library not built (make custom-ops)")
+    if args.rss:
+        path, kind = args.rss.rsplit(":", 1)
+        print(json.dumps(rss_of(path, kind == "native", args.threads)))
+        return
     if args.child:
         print(json.dumps(run_isa(args.threads, args.repeats)))
         return
@@ -154,6 +177,21 @@ def main() -> None:
             print(f"(asked for {isa}: this CPU runs {res['isa']})")
         results.append(res)
     report(results, read_rate(), args.threads)
+    report_rss(args.threads)
+
+
+def report_rss(threads: int) -> None:
+    """Resident memory of each session over the layer saved as an artifact saves it."""
+    layer = random_layer(np.random.default_rng(0), hidden=H, experts=E, inter=I, block=BLOCK)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"native": f"{tmp}/fused.onnx", "qmoe": f"{tmp}/portable.onnx"}
+        save_layer(layer, paths["native"])
+        save_layer(layer, paths["qmoe"], portable=True)
+        for kind, path in paths.items():
+            cmd = [sys.executable, __file__, "--rss", f"{path}:{kind}", "--threads", str(threads)]
+            held = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            print(f"resident memory of the {kind:6} session: {held / 2**20:6.1f} MiB for {layer.stored_bytes / 2**20:.1f} MiB "
+                  f"of stored blocks ({held / layer.stored_bytes:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -57,15 +57,20 @@ def interleaved(runs: dict, repeats: int, warmup: int = 2) -> dict:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def read_rate(mib: int = 512, repeats: int = 5) -> float:
-    """Bytes/s numpy streams summing an array of `mib` MiB (one thread), median of `repeats`."""
+def read_rate(threads: int = 1, mib: int = 512, repeats: int = 5) -> float:
+    """Bytes/s numpy streams summing an array of `mib` MiB, split over `threads` threads (numpy
+    releases the GIL in the reduction), median of `repeats`."""
+    from concurrent.futures import ThreadPoolExecutor
+
     a = np.ones(mib << 18, np.float32)
-    a.sum()
+    parts = np.array_split(a, threads)
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a.sum()
-        times.append(time.perf_counter() - t0)
+    with ThreadPoolExecutor(threads) as pool:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            if i:
+                times.append(time.perf_counter() - t0)
     return a.nbytes / statistics.median(times)
 
 
@@ -134,8 +139,11 @@ def _library_isa() -> str:
     return fn().decode()
 
 
-def report(results: list[dict], rate: float, threads: int) -> None:
-    print(f"streaming read (numpy sum of 512 MiB, 1 thread): {rate / 1e9:.1f} GB/s; {threads} threads per session")
+def report(results: list[dict], rates: dict, threads: int) -> None:
+    rate = rates[threads]
+    print(f"streaming read (numpy sum of 512 MiB): " + ", ".join(f"{r / 1e9:.1f} GB/s with {t} thread{'s' * (t > 1)}"
+                                                                 for t, r in rates.items())
+          + f"; sessions run {threads} threads, the bound uses the rate at {threads}")
     print(f"{'ISA':11} {'workload':14} {'native ms':>9} {'QMoE ms':>8} {'QMoE/native':>11}  decode bound / prefill rate")
     for res in results:
         for r in res["rows"]:
@@ -176,7 +184,7 @@ def main() -> None:
         if res["isa"] != isa:
             print(f"(asked for {isa}: this CPU runs {res['isa']})")
         results.append(res)
-    report(results, read_rate(), args.threads)
+    report(results, {t: read_rate(t) for t in sorted({1, args.threads})}, args.threads)
     report_rss(args.threads)
 
 

@@ -106,13 +106,13 @@ def test_native_equals_function_body(shape, act, level, n, skip):
     compare(fallback, native, random_routes(rng, layer, n=n, skip=SKIPS[skip]), level)
 
 
-def grid_routes(rng, layer, n: int) -> dict:
+def grid_routes(rng, layer, n: int, block: int = BLOCK) -> dict:
     """Routes whose x is on the grid k·2^-7 (|k| <= 127, every block's largest |k| = 127): int8
     quantization is exact (scale 2^-7), and with fc1 scales of 2^-4 every fc1 sum is a multiple of
     2^-11 below 2^13 — exact in fp32 in any order."""
     feeds = random_routes(rng, layer, n=n)
-    k = rng.integers(-127, 128, (n, layer.hidden // BLOCK, BLOCK))
-    k[:, :, 0] = rng.choice([-127, 127], (n, layer.hidden // BLOCK))
+    k = rng.integers(-127, 128, (n, layer.hidden // block, block))
+    k[:, :, 0] = rng.choice([-127, 127], (n, layer.hidden // block))
     feeds["x"] = (k.reshape(n, -1) * 2.0 ** -7).astype(np.float32)
     return feeds
 
@@ -147,6 +147,24 @@ def test_few_experts_many_rows_each(level):
             layer_g, fallback_g, native_g = grid_sessions("zaya1_8b", "silu")
             feeds = {**random_routes(rng, layer_g, n=n, skip=0.0, experts_used=2), "x": grid_routes(rng, layer_g, n)["x"]}
             compare(fallback_g, native_g, feeds, 4, flips=False)
+
+
+@needs_lib
+@pytest.mark.parametrize("block", [16, 64, 128, 256])
+@pytest.mark.parametrize("act", ["silu", "relu2"])
+def test_every_block_size(block, act):
+    """The export's other block sizes (lanes per block 2..32; blocks spanning chunks), hidden and
+    intermediate 512: fp32 activations on random inputs, int8 on the exact grid."""
+    rng = np.random.default_rng()
+    layer = random_layer(rng, hidden=512, experts=4, inter=512, block=block, hidden_act=act)
+    for level in (0, 4):
+        if level == 4:
+            layer.weights["fc1_scales"] = np.full_like(layer.weights["fc1_scales"], 2.0 ** -4)
+        model = layer_model(layer, accuracy_level=level)
+        fallback, native = session(model, False), session(model, True)
+        for n in (1, 3, 40):
+            feeds = random_routes(rng, layer, n=n) if level == 0 else grid_routes(rng, layer, n, block)
+            compare(fallback, native, feeds, level, flips=False)
 
 
 @needs_lib
@@ -244,7 +262,7 @@ def test_the_forced_kernel_runs():
 def test_lower_isa_kernels(isa):
     """Every int8 kernel below this CPU's best, forced on this machine (a fresh process each)."""
     env = {**os.environ, "ZAYA_EDGE_CPU_ISA": isa}
-    select = "forced or (few_experts and level4) or (native_equals and level4) or exact_on_a_grid"
+    select = "forced or (few_experts and level4) or (native_equals and level4) or exact_on_a_grid or block_size"
     args = [sys.executable, "-m", "pytest", __file__, "-x", "-p", "no:cacheprovider", "-k", select]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -59,9 +59,8 @@ inline int64_t slot(int64_t v) { return (v & ~(kChunk - 1)) + ((v & 1) ? kChunk 
 // A weight row's geometry, computed once per matmul: the kernels run it for every row.
 struct RowShape {
   int64_t k, bytes, nb, shift;  // values, stored bytes, blocks; block = 1 << shift
-  int64_t per_chunk, per_half;  // blocks per 128 / 64 values (1 when a block is longer)
+  int64_t per_chunk;            // blocks per 128 values (1 when a block is longer)
   alignas(64) int32_t lane16[16];  // block of lane l within a 128-value chunk
-  alignas(32) int32_t lane8[8];    // ... within a 64-value half chunk
 };
 
 RowShape row_shape(int64_t k, int64_t block) {
@@ -69,9 +68,7 @@ RowShape row_shape(int64_t k, int64_t block) {
   s.k = k, s.bytes = k / 2, s.nb = k / block;
   while ((int64_t{1} << s.shift) < block) ++s.shift;
   s.per_chunk = block < kChunk ? kChunk / block : 1;
-  s.per_half = block < 64 ? 64 / block : 1;
   for (int l = 0; l < 16; ++l) s.lane16[l] = block < kChunk ? static_cast<int32_t>(8 * l / block) : 0;
-  for (int l = 0; l < 8; ++l) s.lane8[l] = block < 64 ? static_cast<int32_t>(8 * l / block) : 0;
   return s;
 }
 
@@ -164,49 +161,64 @@ struct Avx2Dot<true> {
   }
 };
 
-#define ZAYA_AVX2_ROW_BODY(DOT)                                                                              \
-  const __m256i nib = _mm256_set1_epi8(0x0F);                                                                \
-  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(rs.lane8));                         \
-  const int64_t per_half = rs.per_half, nb = rs.nb, bytes = rs.bytes;                                        \
-  __m256 acc[T];                                                                                             \
-  for (int j = 0; j < T; ++j) acc[j] = _mm256_setzero_ps();                                                  \
-  for (int64_t p = 0; p * 32 < bytes; ++p) {                                                                 \
-    const int64_t rem = bytes - p * 32, c = p / 2, half = p % 2;                                              \
-    _mm_prefetch(reinterpret_cast<const char*>(wr + p * 32 + kAhead), _MM_HINT_T0);                          \
-    if ((p & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(sr) + p * 4 + kAhead / 8, _MM_HINT_T0);   \
-    __m256i wv;                                                                                              \
-    if (rem >= 32) {                                                                                         \
-      wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + p * 32));                                \
-    } else {                                                                                                 \
-      alignas(32) uint8_t tail[32] = {};                                                                     \
-      std::memcpy(tail, wr + p * 32, static_cast<size_t>(rem));                                              \
-      wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));                                        \
-    }                                                                                                        \
+// n (<= 8) fp16 values at p, zero-extended to 8.
+#define ZAYA_LOAD_HALVES(p, n, out)                                                                          \
+  if ((n) == 4) {                                                                                            \
+    out = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));                                              \
+  } else if ((n) == 8) {                                                                                     \
+    out = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));                                              \
+  } else {                                                                                                   \
+    alignas(16) uint16_t hb[8] = {};                                                                         \
+    std::memcpy(hb, (p), static_cast<size_t>(n) * 2);                                                        \
+    out = _mm_load_si128(reinterpret_cast<const __m128i*>(hb));                                              \
+  }
+
+// One 32-byte half chunk (8 lanes) of weights `wv` with lane scales `sb` against T rows.
+#define ZAYA_AVX2_HALF(DOT, wv, sb, c, half)                                                                 \
+  {                                                                                                          \
     const __m256i lo = _mm256_and_si256(wv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), nib);     \
-    const int64_t b0 = (p * 64) >> rs.shift, n = std::min(per_half, nb - b0);                               \
-    __m128i hs;                                                                                              \
-    if (n == 4) {                                                                                            \
-      hs = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sr + b0));                                       \
-    } else if (n == 2) {                                                                                     \
-      int32_t two;                                                                                           \
-      std::memcpy(&two, sr + b0, 4);                                                                         \
-      hs = _mm_cvtsi32_si128(two);                                                                           \
-    } else if (n == 1) {                                                                                     \
-      hs = _mm_cvtsi32_si128(sr[b0]);                                                                        \
-    } else {                                                                                                 \
-      alignas(16) uint16_t hb[8] = {};                                                                       \
-      std::memcpy(hb, sr + b0, static_cast<size_t>(n) * 2);                                                  \
-      hs = _mm_load_si128(reinterpret_cast<const __m128i*>(hb));                                             \
-    }                                                                                                        \
-    const __m256 sb = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(hs), idx);                                    \
     for (int j = 0; j < T; ++j) {                                                                            \
-      const int8_t* q = t.q[j] + c * kChunk + half * 32;                                                     \
-      __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.corr[j] + c * kLanes + half * 8));   \
+      const int8_t* q = t.q[j] + (c) * kChunk + (half) * 32;                                                 \
+      __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.corr[j] + (c) * kLanes + (half) * 8)); \
       i = DOT::add(i, lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));                          \
       i = DOT::add(i, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));                     \
-      const __m256 s = _mm256_mul_ps(sb, _mm256_loadu_ps(t.scale[j] + c * kLanes + half * 8));               \
+      const __m256 s = _mm256_mul_ps(sb, _mm256_loadu_ps(t.scale[j] + (c) * kLanes + (half) * 8));           \
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[j]);                                            \
     }                                                                                                        \
+  }
+
+// Whole 64-byte chunks (the scales of a chunk loaded and expanded once), then a zero-padded tail.
+#define ZAYA_AVX2_ROW_BODY(DOT)                                                                              \
+  const __m256i nib = _mm256_set1_epi8(0x0F);                                                                \
+  const __m256i idx_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(rs.lane16));                     \
+  const __m256i idx_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(rs.lane16 + 8));                 \
+  const int64_t per_chunk = rs.per_chunk, nb = rs.nb, bytes = rs.bytes, full = bytes / 64;                   \
+  __m256 acc[T];                                                                                             \
+  for (int j = 0; j < T; ++j) acc[j] = _mm256_setzero_ps();                                                  \
+  for (int64_t c = 0; c < full; ++c) {                                                                       \
+    _mm_prefetch(reinterpret_cast<const char*>(wr + c * 64 + kAhead), _MM_HINT_T0);                          \
+    if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(sr) + c * 8 + kAhead / 8, _MM_HINT_T0);     \
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + c * 64));                    \
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + c * 64 + 32));               \
+    __m128i hs;                                                                                              \
+    ZAYA_LOAD_HALVES(sr + ((c * kChunk) >> rs.shift), per_chunk, hs)                                          \
+    const __m256 f = _mm256_cvtph_ps(hs);                                                                    \
+    const __m256 sb0 = _mm256_permutevar8x32_ps(f, idx_lo), sb1 = _mm256_permutevar8x32_ps(f, idx_hi);      \
+    ZAYA_AVX2_HALF(DOT, w0, sb0, c, 0)                                                                       \
+    ZAYA_AVX2_HALF(DOT, w1, sb1, c, 1)                                                                       \
+  }                                                                                                          \
+  if (bytes > full * 64) {                                                                                   \
+    alignas(32) uint8_t tail[64] = {};                                                                       \
+    std::memcpy(tail, wr + full * 64, static_cast<size_t>(bytes - full * 64));                               \
+    const int64_t b0 = (full * kChunk) >> rs.shift, n = std::min(per_chunk, nb - b0);                        \
+    __m128i hs;                                                                                              \
+    ZAYA_LOAD_HALVES(sr + b0, n, hs)                                                                          \
+    const __m256 f = _mm256_cvtph_ps(hs);                                                                    \
+    const __m256 sb0 = _mm256_permutevar8x32_ps(f, idx_lo), sb1 = _mm256_permutevar8x32_ps(f, idx_hi);      \
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));                            \
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 32));                       \
+    ZAYA_AVX2_HALF(DOT, w0, sb0, full, 0)                                                                    \
+    ZAYA_AVX2_HALF(DOT, w1, sb1, full, 1)                                                                    \
   }                                                                                                          \
   for (int j = 0; j < T; ++j) {                                                                              \
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));          \
@@ -224,6 +236,8 @@ ZAYA_TARGET_AVXVNNI void row_avxvnni(const uint8_t* wr, const uint16_t* sr, cons
   ZAYA_AVX2_ROW_BODY(Avx2Dot<true>)
 }
 #undef ZAYA_AVX2_ROW_BODY
+#undef ZAYA_AVX2_HALF
+#undef ZAYA_LOAD_HALVES
 #endif
 
 // ---- fp32 (accuracy_level 0) --------------------------------------------------------------------

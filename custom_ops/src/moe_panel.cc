@@ -231,15 +231,49 @@ ZAYA_TARGET_V3 void build8(const uint8_t* base, int64_t row_stride, const uint16
     }                                                                                                         \
   }
 
-ZAYA_TARGET_V3 inline __m256i dot_avx2(__m256i acc, __m256i w, __m256i q) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), _mm256_set1_epi16(1)));
-}
 ZAYA_TARGET_AVXVNNI inline __m256i dot_avxvnni(__m256i acc, __m256i w, __m256i q) {
   return _mm256_dpbusd_avx_epi32(acc, w, q);
 }
 
+// AVX2 without VNNI: vpmaddubsw pairs (|.| <= 2·15·127 = 3810) summed in int16 over up to 4
+// steps (8 products of pairs: <= 30480, no saturation), then widened once by vpmaddwd.
 ZAYA_TARGET_V3 void tile8_avx2(const Panel& p, int64_t g, const Tile& r, int valid) {
-  ZAYA_TILE8_BODY(dot_avx2)
+  constexpr int T = kT256;
+  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const uint8_t* pw = p.w + g * p.steps * 32;
+  const float* ps = p.s + g * p.nb * 8;
+  __m256 af[T];
+  for (int t = 0; t < T; ++t) af[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < p.nb; ++b) {
+    __m256i ai[T];
+    for (int t = 0; t < T; ++t) ai[t] = _mm256_set1_epi32(r.bcorr[b * T + t]);
+    for (int64_t m0 = b * p.spb; m0 < (b + 1) * p.spb; m0 += 4) {
+      __m256i a16[T];
+      for (int t = 0; t < T; ++t) a16[t] = _mm256_setzero_si256();
+      for (int64_t m = m0; m < std::min(m0 + 4, (b + 1) * p.spb); ++m) {
+        const __m256i pv = _mm256_load_si256(reinterpret_cast<const __m256i*>(pw + m * 32));
+        const __m256i lo = _mm256_and_si256(pv, nib), hi = _mm256_and_si256(_mm256_srli_epi16(pv, 4), nib);
+        const int8_t* q = r.q + m * T * 8;
+        for (int t = 0; t < T; ++t) {
+          a16[t] = _mm256_add_epi16(a16[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(load32(q + 8 * t))));
+          a16[t] = _mm256_add_epi16(a16[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load32(q + 8 * t + 4))));
+        }
+      }
+      for (int t = 0; t < T; ++t) ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(a16[t], ones));
+    }
+    const __m256 sb = _mm256_load_ps(ps + b * 8);
+    for (int t = 0; t < T; ++t)
+      af[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai[t]), _mm256_mul_ps(sb, _mm256_set1_ps(r.bscale[b * T + t])), af[t]);
+  }
+  for (int t = 0; t < r.rows; ++t) {
+    if (valid == 8) {
+      _mm256_storeu_ps(r.out + t * r.ldo, af[t]);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, af[t]);
+      std::memcpy(r.out + t * r.ldo, tmp, static_cast<size_t>(valid) * 4);
+    }
+  }
 }
 ZAYA_TARGET_AVXVNNI void tile8_avxvnni(const Panel& p, int64_t g, const Tile& r, int valid) {
   ZAYA_TILE8_BODY(dot_avxvnni)

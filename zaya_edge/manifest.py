@@ -41,7 +41,9 @@ class Source:
 class Manifest:
     format_version: int
     precision: str
-    quantization: dict[str, str | int | bool | None]  # {} for fp32; the export plan's record
+    quantization: dict[str, str | int | bool | None]  # {} for fp32; the export plan's record (its
+    # "experts": "fused" | "portable" was added without a version bump: older manifests lack it and
+    # read as portable, Artifact.experts)
     all_logits: bool
     context_length: int
     dims: ZayaDims

@@ -6,7 +6,8 @@
 // AVX2 vpmaddubsw + vpmaddwd), each 32-bit lane summing the 8 exact products of one block, offset
 // by -8·Σa (the stored symmetric zero point). A lane's integer times (activation scale × weight
 // scale) is added to fp32 lane sums, reduced once per output. Up to 4 activation rows share each
-// weight chunk loaded (decode: a chosen expert is streamed once for all its rows).
+// weight chunk loaded (decode: a chosen expert is streamed once for all its rows); experts with
+// kPanelMin rows or more take the blocked kernel instead (moe_panel.cc, called by moe_cpu.cc).
 // fp32 (accuracy_level 0): a row is dequantized (exactly: (q - 8)·scale) into a small buffer and
 // dotted with every activation row.
 #include <algorithm>
@@ -76,7 +77,6 @@ struct Tile {  // up to kMaxTile prepared rows
   const int8_t* q[kMaxTile];
   const int32_t* corr[kMaxTile];
   const float* scale[kMaxTile];
-  const float* f[kMaxTile];
   float* out[kMaxTile];
 };
 

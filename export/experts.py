@@ -20,14 +20,14 @@ from .emitter import Emitter
 
 FUSED = ("silu", "swish")  # what the MoE/QMoE kernels compute themselves
 LEARNED = ("prelu", "xielu")  # activations with parameters of their own: not exported
-_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh")
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh")
 
 
 def activation(e: Emitter, path: str, x, name: str):
     """transformers.activations.ACT2FN[name](x) in ONNX ops (opset 21)."""
     f32 = lambda v: e.const(np.float32(v))  # noqa: E731
-    if name in ("gelu", "gelu_python", "gelu_10") or name in _TANH_GELU:
-        y = e.op("Gelu", f"{path}/gelu", [x], {"approximate": "tanh" if name in _TANH_GELU else "none"})
+    if name in ("gelu", "gelu_python", "gelu_10") or name in TANH_GELU:
+        y = e.op("Gelu", f"{path}/gelu", [x], {"approximate": "tanh" if name in TANH_GELU else "none"})
         return e.op("Clip", f"{path}/clip", [y, f32(-10), f32(10)]) if name == "gelu_10" else y
     if name == "quick_gelu":
         return e.op("Mul", f"{path}/quick_gelu", [x, e.op("Sigmoid", f"{path}/sigmoid", [e.op("Mul", f"{path}/x1702", [x, f32(1.702)])])])

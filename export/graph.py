@@ -29,7 +29,7 @@ from zaya_edge import artifact as A
 from .cca import CompressedConvAttention
 from .checkpoint import Checkpoint
 from .emitter import F32_MIN, INT64_MAX, Emitter
-from .experts import FUSED, dense_experts
+from .experts import FUSED
 from .layers import FLOAT, MS, FloatLayers, Layers
 from .plan import ExportPlan
 from .quant_layers import QuantizedLayers
@@ -43,7 +43,7 @@ def layers_for(plan: ExportPlan, e: Emitter, ckpt: Checkpoint) -> Layers:
     """The one place the precision decides how weights become nodes."""
     if plan.quant is None:
         return FloatLayers(e, ckpt)
-    return QuantizedLayers(e, ckpt, plan.quant, plan.lm_head_bits)
+    return QuantizedLayers(e, ckpt, plan.quant, plan.lm_head_bits, plan.fused_moe)
 
 
 class DecoderGraphBuilder:
@@ -89,7 +89,8 @@ class DecoderGraphBuilder:
 
     def _functions(self) -> list:
         """The ai.zaya functions the graph calls (CachedAttention only where the head size suits it)."""
-        return [router_function()] + ([] if self.dims.head_dim % 8 else [attention_function(self.plan.kv_dtype)])
+        attention = [] if self.dims.head_dim % 8 else [attention_function(self.plan.kv_dtype)]
+        return [router_function(), *attention, *self.layers.functions()]
 
     def _attention_context(self, ids, mask) -> dict:
         """Per-call values shared by all layers: pad masks, RoPE positions and caches.
@@ -205,7 +206,7 @@ class DecoderGraphBuilder:
         if d.hidden_act in FUSED:
             m = self.layers.experts(path, prefix, flat, select, weight)
         else:
-            m = dense_experts(self.layers, path, prefix, flat, weight, d)
+            m = self.layers.dense_experts(path, prefix, flat, select, weight, d)
         m = e.op("Reshape", f"{path}/unflatten", [m, e.op("Shape", f"{path}/x_shape", [x2])])
         return m, state
 

@@ -82,6 +82,16 @@ class Layers(abc.ABC):
     def experts(self, path: str, prefix: str, flat, select, weight) -> ir.Value:
         """The experts under `path` on flat [N,H]: one-hot `select` [N,E], router `weight` [N,E]."""
 
+    def dense_experts(self, path: str, prefix: str, flat, select, weight, dims) -> ir.Value:
+        """Experts of an activation the MoE kernels do not fuse (experts.py): every expert, densely."""
+        from .experts import dense_experts
+
+        return dense_experts(self, path, prefix, flat, weight, dims)
+
+    def functions(self) -> list:
+        """Model-local functions the emitted nodes need (beyond the Router's)."""
+        return []
+
     @abc.abstractmethod
     def table(self, name: str):
         """The [V, H] embedding (or lm_head) table, stored once for the lookup and the head."""

@@ -25,7 +25,15 @@ DEFAULT_METHOD = "mse"  # lower KL than rtn at int4 on the tiny models (benchmar
 KV_CACHES = {"fp16": "float16", "fp32": "float32"}
 DEFAULT_KV_CACHE = {"int4": "fp16", "int8": "fp16", "fp32": "fp32"}
 
+# int4 experts as one ai.zaya::ExpertMoE node per layer (native kernel on the stored blocks, function
+# body = the portable QMoE / MatMulNBits graph); --portable exports the stock graph. On by default:
+# the body is the portable graph (same results on stock onnxruntime, same stored bytes), and the
+# native kernel measured faster and smaller (BENCHMARKS.md: decode 1.1-1.4x, prefill 1.1-1.7x,
+# 1.31x instead of 1.84x the expert bytes resident).
+DEFAULT_FUSED_MOE = True
+
 __all__ = [
-    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_KV_CACHE", "DEFAULT_METHOD", "KV_CACHES", "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
+    "BLOCK_SIZES", "DEFAULT_BLOCK_SIZE", "DEFAULT_FUSED_MOE", "DEFAULT_KV_CACHE", "DEFAULT_METHOD", "KV_CACHES",
+    "DEFAULT_PRECISION", "METHODS", "PRECISIONS",
     "QUANT_BITS", "TABLE_PRECISIONS",
 ]

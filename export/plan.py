@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from zaya_edge.artifact import EXPERTS_FUSED, EXPERTS_PORTABLE
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import CheckpointError, RequestError
 
 from .options import (
     BLOCK_SIZES,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_FUSED_MOE,
     DEFAULT_KV_CACHE,
     KV_CACHES,
     DEFAULT_METHOD,
@@ -28,6 +30,7 @@ from .options import (
 )
 from .experts import LEARNED
 from .quant import QuantSpec
+from .moe_op import fusable
 from .quant_layers import ACCURACY_LEVEL, SCALE_DTYPE, padded
 from .rope import check_rope
 
@@ -42,6 +45,7 @@ class ExportPlan:
     all_logits: bool  # logits for every position, not only the last
     context_length: int  # rows of the RoPE cache: the longest context the artifact supports
     padded: str | None = None  # the sizes whose last quantization block is zero-padded, if any
+    fused_moe: bool = False  # experts as ai.zaya::ExpertMoE (native kernel; function body = the portable graph)
     kv_dtype: str = "float32"  # the key/value cache's numpy dtype name
 
     def record(self) -> dict:
@@ -61,14 +65,16 @@ class ExportPlan:
             "float_tensors": "router, norms, residual scales, conv kernels, biases: fp32 compute; "
                              "stored in the checkpoint's bf16/fp16 when it has them (exact)",
             **({"padded_blocks": self.padded} if self.padded else {}),
+            "experts": EXPERTS_FUSED if self.fused_moe else EXPERTS_PORTABLE,
         }
 
 
 def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymmetric: bool, lm_head: str | None,
                 quant_method: str | None, all_logits: bool, context_length: int | None,
-                kv_cache: str | None = None) -> ExportPlan:
+                kv_cache: str | None = None, fused_moe: bool | None = None) -> ExportPlan:
     """The checked plan of export_model's arguments (None: the default); raises RequestError
-    naming the first argument that cannot work."""
+    naming the first argument that cannot work. fused_moe applies where the native expert kernel
+    covers the export (int4, symmetric, an activation it implements); elsewhere the portable graph."""
     if precision not in PRECISIONS:
         raise RequestError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if context_length is not None and context_length < 1:
@@ -89,7 +95,10 @@ def plan_export(dims: ZayaDims, *, precision: str, block_size: int | None, asymm
     table = lm_head or precision
     if table not in TABLE_PRECISIONS:
         raise RequestError(f"unknown lm_head precision {table!r}; choose one of {', '.join(TABLE_PRECISIONS)}")
-    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length, _padding(dims, spec.block_size), kv_dtype)
+    fused = (DEFAULT_FUSED_MOE if fused_moe is None else bool(fused_moe)) and fusable(
+        dims.hidden_act, spec.bits, spec.symmetric, (dims.hidden_size, dims.moe_intermediate_size), spec.block_size)
+    return ExportPlan(precision, spec, QUANT_BITS[table], all_logits, length, _padding(dims, spec.block_size), fused,
+                      kv_dtype)
 
 
 def _refuse_quant_options(**given) -> None:

@@ -15,7 +15,11 @@ import onnx_ir as ir
 
 from .checkpoint import Checkpoint
 from .emitter import Emitter
+from zaya_edge.artifact import EXPERT_MOE_OP, ZAYA_DOMAIN
+
+from .experts import dense_experts
 from .layers import MS, SWIGLU_TOP1, Layers, interleave_gate_up
+from .moe_op import ACTIVATIONS, expert_moe_function
 from .quant import QuantSpec, whole_blocks
 from .quant_layout import matmulnbits_arrays, matmulnbits_shapes, qmoe_expert, qmoe_pack, qmoe_shapes
 
@@ -62,10 +66,12 @@ class QuantizedLayers(Layers):
 
     keeps_narrow_floats = True
 
-    def __init__(self, e: Emitter, ckpt: Checkpoint, spec: QuantSpec, table_bits: int):
+    def __init__(self, e: Emitter, ckpt: Checkpoint, spec: QuantSpec, table_bits: int, fused_moe: bool = False):
         super().__init__(e, ckpt)
         self.spec = spec
         self.table_spec = QuantSpec(table_bits, spec.block_size, spec.symmetric, spec.method)
+        self.fused_moe = fused_moe  # experts as ai.zaya::ExpertMoE nodes (the plan checked they apply)
+        self._moe_function: ir.Function | None = None
 
     def _initializers(self, prefix: str, shapes: dict, dtypes: dict, parts: _Parts) -> dict[str, ir.Value]:
         return {
@@ -75,6 +81,11 @@ class QuantizedLayers(Layers):
 
     # ---- dense projections ------------------------------------------------------------------
     def matmul(self, path, x, name, rows, cols, produce, bias=None):
+        w = self._matmul_weights(name, rows, cols, produce)
+        return self._matmulnbits(path, x, w, self._fp32(name, w["scales"]), rows, cols, self.spec, bias)
+
+    def _matmul_weights(self, name, rows, cols, produce) -> dict[str, ir.Value]:
+        """MatMulNBits' initializers of a [rows, cols] weight."""
         spec = self.spec
 
         def compute():
@@ -83,8 +94,7 @@ class QuantizedLayers(Layers):
             return out
 
         dtypes = {"B": np.uint8, "scales": SCALE_DTYPE, "zero_points": np.uint8}
-        w = self._initializers(name, matmulnbits_shapes(rows, cols, spec), dtypes, _Parts(compute))
-        return self._matmulnbits(path, x, w, self._fp32(name, w["scales"]), rows, cols, spec, bias)
+        return self._initializers(name, matmulnbits_shapes(rows, cols, spec), dtypes, _Parts(compute))
 
     def _fp32(self, name: str, scales: ir.Value) -> ir.Value:
         return self.e.op("Cast", f"/model/weights/{name}.scales", [scales], {"to": ir.DataType.FLOAT})
@@ -130,6 +140,14 @@ class QuantizedLayers(Layers):
                                  _Parts(compute(down, lambda w: _pad(w, hp, ip))))
         if hp != h:
             flat = self.e.op("Pad", f"{path}/pad_hidden", [flat, self.e.i64([0, 0, 0, hp - h])])
+        if self.fused_moe:
+            y = self._expert_moe(path, [flat, select, weight, fc1["weights"], fc1["scales"], fc2["weights"],
+                                        fc2["scales"]])
+        else:
+            y = self._qmoe(path, flat, select, weight, fc1, fc2)
+        return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
+
+    def _qmoe(self, path: str, flat, select, weight, fc1: dict, fc2: dict) -> ir.Value:
         inputs = [
             flat, select,
             fc1["weights"], fc1["scales"], None,
@@ -138,13 +156,35 @@ class QuantizedLayers(Layers):
             fc1.get("zero_points"), fc2.get("zero_points"), None,
             weight,
         ]
-        y = self.e.op(
+        return self.e.op(
             "QMoE", f"{path}/experts", inputs,
-            {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": spec.bits,
-             "block_size": spec.block_size, "accuracy_level": ACCURACY_LEVEL},
+            {**SWIGLU_TOP1, "normalize_routing_weights": 0, "expert_weight_bits": self.spec.bits,
+             "block_size": self.spec.block_size, "accuracy_level": ACCURACY_LEVEL},
             domain=MS,
         )
-        return y if hp == h else self.e.op("Slice", f"{path}/unpad_hidden", [y, self.e.i64([0]), self.e.i64([h]), self.e.i64([1])])
+
+    def dense_experts(self, path, prefix, flat, select, weight, dims):
+        """experts.dense_experts, or (fused) one ExpertMoE node over the same MatMulNBits initializers."""
+        if not self.fused_moe:
+            return dense_experts(self, path, prefix, flat, weight, dims)
+        ckpt, E, H, I = self.ckpt, dims.num_experts, dims.hidden_size, dims.moe_intermediate_size
+        fc1 = self._matmul_weights(prefix + "gate_up_proj.all", E * 2 * I, H,
+                                   lambda: ckpt.read(prefix + "gate_up_proj").reshape(E * 2 * I, H))
+        fc2 = self._matmul_weights(prefix + "down_proj.all", H, E * I,
+                                   lambda: ckpt.read(prefix + "down_proj").transpose(1, 0, 2).reshape(H, E * I))
+        return self._expert_moe(path, [flat, select, weight, fc1["B"], fc1["scales"], fc2["B"], fc2["scales"]])
+
+    def _expert_moe(self, path: str, inputs: list) -> ir.Value:
+        """One ai.zaya::ExpertMoE node; the model gets the op's function body once."""
+        d = self.ckpt.dims
+        if self._moe_function is None:
+            self._moe_function = expert_moe_function(d.hidden_act, d.num_experts, d.moe_intermediate_size, d.hidden_size)
+        attrs = {"activation": ACTIVATIONS[d.hidden_act], "block_size": self.spec.block_size,
+                 "accuracy_level": ACCURACY_LEVEL}
+        return self.e.op(EXPERT_MOE_OP, f"{path}/experts", inputs, attrs, domain=ZAYA_DOMAIN)
+
+    def functions(self) -> list[ir.Function]:
+        return [self._moe_function] if self._moe_function is not None else []
 
     # ---- the embedding table ----------------------------------------------------------------
     def table(self, name: str) -> QuantTable:

@@ -49,6 +49,7 @@ def export_model(
     all_logits: bool = False,
     context_length: int | None = None,
     kv_cache: str | None = None,
+    fused_moe: bool | None = None,
     force: bool = False,
     config=None,
     progress: bool = True,
@@ -59,7 +60,10 @@ def export_model(
     default 32, symmetric unless `asymmetric`, `lm_head` int4/int8 for the table, default the
     precision's, `quant_method` rtn/mse). int4 is the default, as in the CLI: the point is a model
     that fits a laptop; fp32 is the exact reference. `kv_cache` fp16/fp32 is the key/value cache's
-    dtype (default fp16 for int4/int8, fp32 for fp32). An existing `out` is replaced only if `force`.
+    dtype (default fp16 for int4/int8, fp32 for fp32). `fused_moe` (default
+    options.DEFAULT_FUSED_MOE) emits int4 experts as ai.zaya::ExpertMoE nodes where the native
+    kernel covers them; False keeps the stock QMoE / MatMulNBits graph. An existing `out` is
+    replaced only if `force`.
     """
     out = Path(out)
     _check_replaceable(out, force)
@@ -68,7 +72,7 @@ def export_model(
         ckpt = open_checkpoint(src, config)
         plan = plan_export(ckpt.dims, precision=precision, block_size=block_size, asymmetric=asymmetric,
                            lm_head=lm_head, quant_method=quant_method, all_logits=all_logits,
-                           context_length=context_length, kv_cache=kv_cache)
+                           context_length=context_length, kv_cache=kv_cache, fused_moe=fused_moe)
         check_tensors(ckpt)
         model = DecoderGraphBuilder(ckpt, plan).build()
         _write_artifact(ckpt, model, plan, out, progress, force)

@@ -151,3 +151,17 @@ def test_inspect_reports_the_cache_dtype_and_its_size(pair):
     assert a["kv_cache"] == "float32" and b["kv_cache"] == "float16"
     assert a["memory_estimate"]["kv_cache_bytes"] == 2 * b["memory_estimate"]["kv_cache_bytes"]
     assert "KV (float16)" in b["text"]
+
+
+def test_a_v3_artifact_still_opens_with_an_fp32_cache(pair, tmp_path):
+    import shutil
+
+    _, fp32, _ = pair
+    old = shutil.copytree(fp32, tmp_path / "v3")
+    data = json.loads((old / A.MANIFEST_FILE).read_text())
+    data["format_version"] = 3
+    del data["kv_dtype"]
+    (old / A.MANIFEST_FILE).write_text(json.dumps(data))
+    m = A.Artifact.open(old).manifest
+    assert (m.format_version, m.kv_dtype) == (3, "float32")
+    assert A.FORMAT_VERSION == 4

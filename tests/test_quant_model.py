@@ -82,7 +82,9 @@ def test_graph_ops_and_manifest(trained):
     layers = manifest.dims.num_layers
     ms = manifest.ops["com.microsoft"]
     assert ms["MatMulNBits"] == 2 * layers + 1  # fused q|k|v_cur|v_del, o_proj; the lm_head
-    assert ms["QMoE"] == layers and ms["GatherBlockQuantized"] == 1
+    # the default: int4 experts as one ai.zaya::ExpertMoE per layer (its body: the QMoE below)
+    assert manifest.ops[A.ZAYA_DOMAIN][A.EXPERT_MOE_OP] == layers and ms["GatherBlockQuantized"] == 1
+    assert "QMoE" not in ms and manifest.quantization["experts"] == A.EXPERTS_FUSED
     assert "MoE" not in ms and "Gemm" not in manifest.ops["ai.onnx"] and "MatMul" not in manifest.ops["ai.onnx"]
     q = manifest.quantization
     assert manifest.precision == "int4"
@@ -103,15 +105,17 @@ def _with_outputs(folder, names, tmp_path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def test_skip_expert_contributes_zero(tmp_path):
-    """Tokens routed to the skip class get an exactly zero QMoE output; the others do not."""
+@pytest.mark.parametrize("fused", [True, False], ids=["ExpertMoE", "QMoE"])
+def test_skip_expert_contributes_zero(tmp_path, fused):
+    """Tokens routed to the skip class get an exactly zero expert output; the others do not."""
     model = tiny_model(seed=3)
     for layer in model.model.layers:
         layer.mlp.gate.balancing_biases[-1] = -0.85  # level with the experts: skip wins sometimes
-    export_model(model, tmp_path / "int4", precision="int4", progress=False)
+    export_model(model, tmp_path / "int4", precision="int4", progress=False, fused_moe=fused)
     layers = model.config.num_hidden_layers
     weights = [f"/model/layers.{i}/moe/router/{A.ROUTER_OP}/output_2" for i in range(layers)]
-    moe = [f"/model/layers.{i}/moe/experts/QMoE/output_0" for i in range(layers)]
+    op = A.EXPERT_MOE_OP if fused else "QMoE"
+    moe = [f"/model/layers.{i}/moe/experts/{op}/output_0" for i in range(layers)]
     sess = _with_outputs(tmp_path / "int4", weights + moe, tmp_path)
     dec = OrtDecoder(tmp_path / "int4")
     ids = np.random.default_rng(6).integers(4, model.config.vocab_size, (2, 24))

@@ -52,6 +52,10 @@ TOKENIZER_FILES = (
 ZAYA_DOMAIN = "ai.zaya"
 ROUTER_OP = "Router"
 ATTENTION_OP = "CachedAttention"
+EXPERT_MOE_OP = "ExpertMoE"  # the experts of a layer on their stored int4 blocks (export/moe_op.py)
+# The manifest's quantization["experts"]: one ExpertMoE node per layer ("fused") or the stock
+# QMoE / MatMulNBits graph ("portable"; artifacts older than the key are portable).
+EXPERTS_FUSED, EXPERTS_PORTABLE = "fused", "portable"
 
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; anything near this is not one
 
@@ -129,6 +133,15 @@ class Artifact:
         if name not in self.manifest.files:
             raise ArtifactError(f"{self.folder} does not list {name} in its manifest")
         return _confined(self.folder, name)
+
+    @property
+    def experts(self) -> str:
+        """EXPERTS_FUSED or EXPERTS_PORTABLE: how the export emitted the int4 experts."""
+        value = self.manifest.quantization.get("experts", EXPERTS_PORTABLE)
+        if value not in (EXPERTS_FUSED, EXPERTS_PORTABLE):
+            raise ArtifactError(f"{MANIFEST_FILE}: quantization.experts must be {EXPERTS_FUSED!r} or "
+                                f"{EXPERTS_PORTABLE!r}, got {value!r}")
+        return value
 
     @property
     def weight_bytes(self) -> int:

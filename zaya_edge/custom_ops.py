@@ -1,9 +1,11 @@
 """Find and register zaya-edge's native custom-op library (custom_ops/, `make custom-ops`).
 
-Every exported artifact carries the `ai.zaya::Router` operator as an ONNX function, so it runs
-on stock onnxruntime (the *fallback*: onnxruntime inlines the function body). Registering
-libzaya_custom_ops on a session's options makes onnxruntime run the native kernel instead
-(the *native* path): same results to ~1e-6, fewer nodes, less time.
+Every exported artifact carries the `ai.zaya::Router` operator as an ONNX function (and a fused
+int4 export `ai.zaya::ExpertMoE`, one node per layer's experts), so it runs on stock onnxruntime
+(the *fallback*: onnxruntime inlines the function body). Registering libzaya_custom_ops on a
+session's options makes onnxruntime run the native kernels instead (the *native* path): same
+results to ~1e-6, fewer nodes, less time. A library built before ExpertMoE existed still
+registers; onnxruntime then runs ExpertMoE's function body (describe() says so).
 
 Torch-free; used by the runtime and by `zaya-edge inspect`::
 
@@ -34,6 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from zaya_edge.artifact import ATTENTION_OP, EXPERT_MOE_OP, ROUTER_OP
 from zaya_edge.errors import ZayaEdgeError, first_line
 
 ENV_VAR = "ZAYA_EDGE_CUSTOM_OPS"
@@ -75,7 +78,7 @@ class LibraryInfo:
 
 @dataclasses.dataclass(frozen=True)
 class RouterPath:
-    """Which implementation of ai.zaya::Router a session runs."""
+    """Which implementation of an ai.zaya op (the Router, ExpertMoE) a session runs."""
 
     native: bool
     provider: str | None = None  # the execution provider whose native kernel runs it
@@ -270,6 +273,20 @@ def _config_entry(session_options) -> str:
         return ""
 
 
+def op_path(session, op: str) -> RouterPath:
+    """Whether a session runs the native kernel of `op` (Router, ExpertMoE) or its function body."""
+    if op == ROUTER_OP:
+        return router_path(session)
+    lib = _config_entry(session.get_session_options())
+    if not lib:
+        return RouterPath(False, reason="no custom-op library registered")
+    info = _load(lib)[1]
+    if op not in info.ops:
+        return RouterPath(False, library=info.path, reason=f"the library predates {op}")
+    # ExpertMoE has a CPU kernel only; onnxruntime places it there under any provider
+    return RouterPath(True, "CPUExecutionProvider", info.path)
+
+
 def router_path(session) -> RouterPath:
     """Whether an onnxruntime.InferenceSession runs the native Router kernel or the fallback.
 
@@ -311,6 +328,30 @@ def native_counters(path: str | Path | None = None) -> dict:
     }
 
 
+def moe_kernel(path: str | Path | None = None) -> dict | None:
+    """ExpertMoE's kernels created and Compute calls in this process, and the int8 kernel this
+    CPU runs ({"kernels", "computes", "isa"}); None for a library without ExpertMoE."""
+    path = find_library() if path is None else path
+    if path is None:
+        raise ZayaEdgeError("no custom-op library found (make custom-ops, or set ZAYA_EDGE_CUSTOM_OPS)")
+    lib, _ = _load(path)
+    try:
+        counters, isa = lib.ZayaCustomOpsMoeCounters, lib.ZayaCustomOpsMoeIsa
+    except AttributeError:
+        return None
+    out = (ctypes.c_int64 * 2)()
+    counters.restype, isa.restype = None, ctypes.c_char_p
+    counters(out)
+    return {"kernels": out[0], "computes": out[1], "isa": isa().decode()}
+
+
+def _experts_note(info: LibraryInfo) -> str:
+    if EXPERT_MOE_OP not in info.ops:
+        return f"; this library predates {EXPERT_MOE_OP}: fused experts run its function body (rebuild: make custom-ops)"
+    isa = (moe_kernel(info.path) or {}).get("isa", "?")
+    return f"; {EXPERT_MOE_OP} runs natively (int8 kernel: {isa})"
+
+
 def describe() -> str:
     """One line for `zaya-edge inspect`: which library would be used, or why the fallback."""
     try:
@@ -319,8 +360,9 @@ def describe() -> str:
         return f"custom ops: unusable, the Router would fail to register: {exc}"
     if info is None:
         if os.environ.get(ENV_VAR, "").strip().lower() in _DISABLED:
-            return f"custom ops: disabled by {ENV_VAR}; the Router runs its ONNX function body (fallback)"
-        return "custom ops: not built (make custom-ops); the Router runs its ONNX function body (fallback)"
+            return f"custom ops: disabled by {ENV_VAR}; the Router and ExpertMoE run their ONNX function bodies (fallback)"
+        return "custom ops: not built (make custom-ops); the Router and ExpertMoE run their ONNX function bodies (fallback)"
     if info.ort_api_version > _ort_api_version():
         return f"custom ops: {info} needs a newer onnxruntime; the Router would fail to register"
-    return f"custom ops: {info}; {' and '.join(info.ops) if info.ops else 'the Router'} run(s) natively"
+    attention = f"; {ATTENTION_OP} runs natively" if ATTENTION_OP in info.ops else ""
+    return f"custom ops: {info}; the Router runs natively" + attention + _experts_note(info)

@@ -17,7 +17,9 @@ from zaya_edge.errors import ArtifactError
 from zaya_edge.graph_io import KV_DTYPES, TensorSpec, io_spec  # noqa: F401  (TensorSpec: part of the manifest)
 from zaya_edge.typed_json import decode
 
-FORMAT_VERSION = 3  # 2: dims as ZayaDims fields, typed source record; 3: dims gain hidden_act, rope_type, rope_scaling
+FORMAT_VERSION = 4  # 2: dims as ZayaDims fields, typed source record; 3: dims gain hidden_act, rope_type,
+# rope_scaling; 4: kv_dtype (an fp16 cache: a zaya-edge that reads only 3 would allocate fp32 and fail)
+READABLE_VERSIONS = (3, FORMAT_VERSION)  # a v3 artifact is a v4 one with an fp32 cache
 PRECISIONS = ("fp32", "int8", "int4")
 MANIFEST_FILE = "zaya_edge.json"
 
@@ -41,7 +43,9 @@ class Source:
 class Manifest:
     format_version: int
     precision: str
-    quantization: dict[str, str | int | bool | None]  # {} for fp32; the export plan's record
+    quantization: dict[str, str | int | bool | None]  # {} for fp32; the export plan's record (its
+    # "experts": "fused" | "portable" was added without a version bump: older manifests lack it and
+    # read as portable, Artifact.experts)
     all_logits: bool
     context_length: int
     dims: ZayaDims
@@ -67,7 +71,7 @@ class Manifest:
             data = json.loads(text)
         except (ValueError, RecursionError) as exc:  # bad JSON, or a number past the digit limit
             raise ArtifactError(f"{where} is corrupt: {exc}") from None
-        if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
+        if isinstance(data, dict) and data.get("format_version") not in READABLE_VERSIONS:
             raise ArtifactError(
                 f"artifact format version {data.get('format_version')!r} is not supported by this zaya-edge "
                 f"(expects {FORMAT_VERSION}); re-export the model with this version"

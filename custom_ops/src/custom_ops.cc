@@ -17,6 +17,7 @@
 
 #include "attention.h"
 #include "attention_op.h"
+#include "moe_op.h"
 #include "router.h"
 
 #if defined(_WIN32)
@@ -222,7 +223,7 @@ std::string build_info() {
 #if !defined(ZAYA_WITH_GPU)
     << "\", \"CachedAttention"
 #endif
-    << "\"], \"providers\": [\"CPUExecutionProvider\"";
+    << "\", \"" << zaya::kExpertMoe << "\"], \"providers\": [\"CPUExecutionProvider\"";
 #if defined(ZAYA_WITH_GPU)
   o << ", \"" << kProviderNames[kGpuProvider] << "\"";
 #endif
@@ -267,6 +268,7 @@ ZAYA_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options
     domain.Add(zaya::attention_cpu_op(false));
     domain.Add(zaya::attention_cpu_op(true));
 #endif
+    domain.Add(zaya::expert_moe_cpu_op());
 #if defined(ZAYA_WITH_GPU)
     domain.Add(&router_gpu);
 #endif

@@ -54,6 +54,7 @@ def inspect_artifact(folder: str | Path, context: int | None = None, batch: int 
         "source": {"kind": m.source.kind, "path": m.source.path},
     }
     report["custom_ops"] = custom_ops.describe()
+    report["experts"] = artifact.experts if m.quantization else None
     if load_session:
         from zaya_edge.runtime.session import DecoderSession
 
@@ -61,6 +62,8 @@ def inspect_artifact(folder: str | Path, context: int | None = None, batch: int 
         report["router_kernel"] = (
             f"native ({session.custom_ops_library})" if session.uses_native_kernels else "function fallback (standard ONNX ops)"
         )
+        if report["experts"] == A.EXPERTS_FUSED:
+            report["experts_kernel"] = str(custom_ops.op_path(session.session, A.EXPERT_MOE_OP))
     report["text"] = _text(report)
     return report
 
@@ -94,7 +97,12 @@ def _text(r: dict) -> str:
         f"KV ({r['kv_cache']}) {_size(mem['kv_cache_bytes'])} + CCA state {_size(mem['fixed_state_bytes'])} = {_size(mem['total_bytes'])}",
         "versions      " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
     ]
+    if r["experts"]:
+        lines.append("experts       " + ("ai.zaya::ExpertMoE (native kernel on the stored blocks, or its function body)"
+                                         if r["experts"] == A.EXPERTS_FUSED else "portable (com.microsoft QMoE / MatMulNBits)"))
     lines.append(r["custom_ops"])
     if "router_kernel" in r:
         lines.append(f"router kernel {r['router_kernel']}")
+    if "experts_kernel" in r:
+        lines.append(f"experts kernel {r['experts_kernel']}")
     return "\n".join(lines)

@@ -28,10 +28,13 @@ from zaya_edge.export import options as choices
 @click.option("--context-length", type=int, default=None, help="Longest context the artifact supports (default: the model's).")
 @click.option("--kv-cache", type=click.Choice(tuple(choices.KV_CACHES)), default=None,
               help="The key/value cache's dtype.  [default: fp16 for int4/int8, fp32 for fp32]")
+@click.option("--portable", is_flag=True,
+              help="int4: experts as the stock QMoE / MatMulNBits graph instead of ai.zaya::ExpertMoE nodes "
+                   "(whose function body is that graph; the native kernel reads the stored blocks in place).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, all_logits, context_length, kv_cache,
-           force, quiet):
+           portable, force, quiet):
     """Export the ZAYA checkpoint folder SRC into an artifact folder."""
     check_output_folder(out)
     try:
@@ -42,7 +45,7 @@ def export(src, out, precision, block_size, asymmetric, lm_head, quant_method, a
         path = export_model(
             src, out, precision=precision, block_size=block_size, asymmetric=bool(asymmetric), lm_head=lm_head,
             quant_method=quant_method, all_logits=all_logits, context_length=context_length, kv_cache=kv_cache,
-            force=force, progress=not quiet,
+            fused_moe=False if portable else None, force=force, progress=not quiet,
         )
     except RequestError as exc:
         raise type(exc)(as_flags(str(exc), export)) from exc

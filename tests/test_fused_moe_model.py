@@ -45,8 +45,10 @@ def _model(hidden_act: str, skip: str, seed: int = 21):
 
 
 def _pair(model, root, **options):
-    """(fused, portable) artifact folders of one model."""
+    """(fused, portable) artifact folders of one model; an fp32 cache, so the comparison is the
+    experts' (an fp16 cache would turn 1e-7 differences into flipped roundings of keys)."""
     fused, portable = root / "fused", root / "portable"
+    options = {"kv_cache": "fp32", **options}
     export_model(model, fused, precision="int4", all_logits=True, progress=False, fused_moe=True, **options)
     export_model(model, portable, precision="int4", all_logits=True, progress=False, fused_moe=False, **options)
     return fused, portable

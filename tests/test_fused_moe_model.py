@@ -65,8 +65,10 @@ def _prompts(rng, vocab: int, lengths=(13, 5, 9)):
 
 
 def _rel(a, b) -> float:
-    scale = np.abs(b).max(axis=-1, keepdims=True)
-    return float((np.abs(a - b) / np.where(scale > 0, scale, 1)).max(initial=0))
+    """Max difference relative to the tensor's largest value (a per-last-axis scale made the conv
+    state's 2-wide rows near zero fail on 1e-7 differences)."""
+    scale = float(np.abs(b).max(initial=0)) or 1.0
+    return float(np.abs(a.astype(np.float64) - b).max(initial=0)) / scale
 
 
 def _compare(a: OrtDecoder, b: OrtDecoder, ids, mask, steps: int, tol: float, vocab: int, rng) -> None:

@@ -6,13 +6,16 @@
       ├─ extend(id, tokens)             -> logits          append tokens (a chat turn)
       ├─ step({id: token})              -> {id: logits}    one session call for all live
       ├─ save(id, logits)               -> Prefilled       a prompt's state, for later arrivals
+      ├─ defer([prompt])                -> [PendingPrefill] prompts to prefill a chunk at a time (pending.py)
       ├─ retire(id), reset()                               free slots
       └─ take_stats()                   -> BatchStats      prefill work, prefix hits, calls, cache bytes
 
 Live sequences always fill the rows [0, n) (a retired row takes the last row's sequence), so
 their state is one contiguous view that is bound in place and reused step after step (see
 cache.py). Left padding is exact only on rows whose state is still zero, so a sequence that
-arrives while others are live is prefilled aside, in a one-row batch, and its state moved in.
+arrives while others are live is prefilled aside, in a one-row batch, and its state moved in:
+at once by `admit`, or a chunk per decode step of the live rows through `defer` (pending.py), so
+a long prompt does not stall them.
 
 With a PrefixCache (prefix_cache.py), admit starts each prompt from the longest cached prefix
 of it: the heads several prompts share are computed once first, aside, and cached; each prompt
@@ -23,6 +26,7 @@ end is exact, so this changes no logits; only the work.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from typing import Hashable, Mapping, Sequence
 
@@ -32,10 +36,18 @@ from zaya_edge import artifact as A
 from zaya_edge.errors import RequestError
 
 from .cache import StateCache
+from .pending import PendingPrefill
 from .prefix_cache import MIN_REUSE, Prefilled, PrefixCache, shared_heads
 from .session import DecoderSession, bind
 
 PREFILL_CHUNK = 512  # tokens per prefill call: bounds activation memory on long prompts
+
+
+def check_tokens_option(name: str, value) -> int | None:
+    """The one rule for prefill_chunk and prefill_budget: None (the default) or a whole number >= 1."""
+    if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
+        raise RequestError(f"{name} must be a number of tokens >= 1, got {value!r}")
+    return None if value is None else int(value)
 
 
 @dataclasses.dataclass
@@ -53,8 +65,9 @@ class BatchStats:
     def prefill_tokens_per_s(self) -> float:
         return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
-    def add_work(self, other: "BatchStats") -> None:
-        """Count a batch aside's work as this one's."""
+    def add_work(self, other: "BatchStats", seconds: bool = False) -> None:
+        """Count a batch aside's work as this one's (and its time, when no outer admit times it)."""
+        self.prefill_seconds += other.prefill_seconds if seconds else 0.0
         self.prefill_tokens += other.prefill_tokens
         self.calls += other.calls
         self.prefix_hits += other.prefix_hits
@@ -62,11 +75,19 @@ class BatchStats:
 
 
 class SequenceBatch:
-    """Up to `slots` sequences, each addressed by the id its caller chose."""
+    """Up to `slots` sequences, each addressed by the id its caller chose.
+
+    `prefill_chunk` tokens per prefill call (None: PREFILL_CHUNK) bound the activation memory;
+    `prefill_budget` tokens of deferred prefill at most run between two decode steps (None: a chunk).
+    """
 
     def __init__(self, session: DecoderSession, slots: int, capacity: int, max_capacity: int | None = None,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, prefill_chunk: int | None = None,
+                 prefill_budget: int | None = None):
         self.session = session
+        self._chunk = check_tokens_option("prefill_chunk", prefill_chunk)
+        self._budget = check_tokens_option("prefill_budget", prefill_budget)
+        self.steps = 0  # decode steps so far: deferred prefills run between them (pending.py)
         self._prefix = prefix_cache if prefix_cache is not None and prefix_cache.enabled else None
         self._side: SequenceBatch | None = None  # the one-row batch aside, during an admit
         self._side_capacity = 0  # the admit's longest prompt: the side batch never grows
@@ -82,6 +103,14 @@ class SequenceBatch:
     @property
     def slots(self) -> int:
         return self._cache.slots
+
+    @property
+    def prefill_chunk(self) -> int:
+        return self._chunk or PREFILL_CHUNK  # read at call time: tests shrink the module's default
+
+    @property
+    def prefill_budget(self) -> int:
+        return self._budget or self.prefill_chunk
 
     def __len__(self) -> int:
         return len(self._order)
@@ -169,7 +198,7 @@ class SequenceBatch:
         """Prompts without a cached prefix: together into an empty batch, else each aside."""
         # onnxruntime's CPU GroupQueryAttention takes several tokens over a past only for
         # batch 1: several prompts longer than a chunk are prefilled aside one by one
-        if not fresh or self._order or (len(fresh) > 1 and max(map(len, fresh.values())) > PREFILL_CHUNK):
+        if not fresh or self._order or (len(fresh) > 1 and max(map(len, fresh.values())) > self.prefill_chunk):
             return {s: self._admit_aside(s, p, None) for s, p in fresh.items()}
         out = dict(zip(fresh, self._prefill(list(fresh.values()))))
         for s, p in fresh.items():
@@ -212,8 +241,7 @@ class SequenceBatch:
     def _compute(self, tokens: Sequence[int], start: tuple[int, Prefilled] | None) -> Prefilled:
         """`tokens`' state and logits from a one-row batch aside, continuing `start` if given."""
         if self._side is None:
-            capacity = max(len(tokens), self._side_capacity)
-            self._side = SequenceBatch(self.session, 1, capacity=capacity, max_capacity=self._cache.max_capacity)
+            self._side = self.side_batch(max(len(tokens), self._side_capacity))
         side = self._side
         side.reset()
         if start is None:
@@ -229,6 +257,32 @@ class SequenceBatch:
         """A prefix cache entry's size before it is taken: the row's snapshot and its float32 logits."""
         return self._cache.snapshot_nbytes(tokens) + self._cache.dims.vocab_size * np.float32().itemsize
 
+    # ---- prefills deferred (pending.py runs them; these are what a PendingPrefill asks of its batch) ----
+    def defer(self, prompts: Sequence[Sequence[int]]) -> list[PendingPrefill]:
+        """Each prompt as a prefill aside to run a piece at a time while the live rows decode; it
+        stops at the heads the prompts share (as `admit` computes them first) to cache them."""
+        heads: list[tuple[int, ...]] = []
+        if self._prefix is not None:
+            heads = [h for h in shared_heads(prompts, MIN_REUSE)
+                     if h not in self._prefix and self._prefix.fits(self._entry_nbytes(len(h)))]
+        return [PendingPrefill(self, p, [len(h) for h in heads if tuple(p[: len(h)]) == h]) for p in prompts]
+
+    def side_batch(self, capacity: int) -> "SequenceBatch":
+        """A one-row batch aside for a prompt of `capacity` tokens (its own cache, this batch's chunk)."""
+        return SequenceBatch(self.session, 1, capacity=capacity, max_capacity=self._cache.max_capacity,
+                             prefill_chunk=self._chunk)
+
+    def lookup_prefix(self, tokens: Sequence[int]) -> tuple[int, Prefilled] | None:
+        return self._lookup(tokens) if self._prefix is not None else None
+
+    def store_prefix(self, tokens: Sequence[int], done: Prefilled) -> None:
+        if self._prefix is not None:
+            self._prefix.put(tokens, done)
+
+    def add_work(self, side: BatchStats) -> None:
+        """A deferred prefill's piece, counted (with its time) as this batch's prefill work."""
+        self._stats.add_work(side, seconds=True)
+
     # ---- model calls ----------------------------------------------------------------------
     def extend(self, seq_id: Hashable, tokens: Sequence[int]) -> np.ndarray:
         """Append tokens to a live sequence; returns its logits [vocab]."""
@@ -237,8 +291,9 @@ class SequenceBatch:
         t0 = time.perf_counter()
         row = self._rows[seq_id]
         ids = np.asarray([tokens], np.int64)
-        for c in range(0, ids.shape[1], PREFILL_CHUNK):
-            chunk = ids[:, c : c + PREFILL_CHUNK]
+        chunk_len = self.prefill_chunk
+        for c in range(0, ids.shape[1], chunk_len):
+            chunk = ids[:, c : c + chunk_len]
             logits = self._forward(row, chunk, np.ones_like(chunk))
         self._stats.prefill_tokens += len(tokens)
         self._stats.prefill_seconds += time.perf_counter() - t0
@@ -250,6 +305,7 @@ class SequenceBatch:
         if len(tokens) != len(order):
             raise ValueError(f"a step needs one token for each of the {len(order)} live sequences, got {len(tokens)}")
         ids = np.fromiter(map(tokens.__getitem__, order), np.int64, len(order)).reshape(len(order), 1)
+        self.steps += 1
         return dict(zip(order, self._forward(0, ids, np.ones_like(ids))))
 
     def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
@@ -260,8 +316,9 @@ class SequenceBatch:
         for r, p in enumerate(prompts):
             ids[r, width - len(p) :] = p
             mask[r, width - len(p) :] = 1
-        for c in range(0, width, PREFILL_CHUNK):
-            logits = self._forward(0, ids[:, c : c + PREFILL_CHUNK], mask[:, c : c + PREFILL_CHUNK])
+        chunk = self.prefill_chunk
+        for c in range(0, width, chunk):
+            logits = self._forward(0, ids[:, c : c + chunk], mask[:, c : c + chunk])
         self._stats.prefill_tokens += sum(map(len, prompts))
         return logits
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from zaya_edge.errors import RequestError
 
-from .batch import SequenceBatch
 from .generation import Generation, GenerationStats, decode_loop
 from .sequence import SequenceState, StepEvent
 from .types import Request, SamplingParams
@@ -37,7 +36,7 @@ class ChatSession:
         self.params = params
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         # a new conversation (or one started over) begins from the engine's cached prompts
-        self._batch = SequenceBatch(engine.session, 1, capacity=1024, prefix_cache=engine.prefix_cache)
+        self._batch = engine.new_batch(1, 1024)
         self._resume: tuple[str, int | None] | None = None  # (text the cache holds, token sampled but not fed)
         self.history: list[int] = []  # token ids in the cache
         self._turn_ref: Callable[[], Generation | None] = lambda: None  # the last turn, weakly

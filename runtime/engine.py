@@ -7,12 +7,11 @@
       └─ prefix_cache             -> PrefixCache: prefilled prefixes every batch reuses (prefix_cache.py)
 
 Every path runs the same decode loop (generation.py) over a SequenceBatch (batch.py); the
-engine only chooses which sequences enter it: `_Admission` below.
+engine only chooses which sequences enter it: `Admission` (admission.py).
 """
 
 from __future__ import annotations
 
-import collections
 import numbers
 import functools
 import threading
@@ -22,11 +21,12 @@ from typing import Callable, Iterator, Sequence
 
 from zaya_edge.errors import ContextFullError, RequestError
 
-from .batch import SequenceBatch
+from .admission import Admission
+from .batch import SequenceBatch, check_tokens_option
 from .cache import bytes_per_sequence
 from .chat import ChatSession
 from .generation import Generation, GenerationStats, decode_loop
-from .prefix_cache import DEFAULT_BYTES, Prefilled, PrefixCache, check_bytes
+from .prefix_cache import DEFAULT_BYTES, PrefixCache, check_bytes
 from .sequence import SequenceState, StepEvent
 from .session import DecoderSession
 from .tokenizer import Tokenizer
@@ -47,12 +47,18 @@ class Engine:
 
     `prefix_cache` bounds, in bytes, the prefilled prefixes kept for reuse across batches, chat
     turns and RSA rounds (0 = none: every prompt is prefilled, identical ones still once).
+    `prefill_chunk` tokens per prefill call bound its activation memory (None: 512); a prompt that
+    arrives while others decode is prefilled `prefill_budget` tokens (None: one chunk) per step
+    of theirs, so it never stalls them longer than that.
     """
 
     def __init__(self, session: DecoderSession, tokenizer: Tokenizer | None, max_batch: int = 16,
-                 prefix_cache: int = DEFAULT_BYTES):
+                 prefix_cache: int = DEFAULT_BYTES, prefill_chunk: int | None = None,
+                 prefill_budget: int | None = None):
         self.session = session
         self.prefix_cache = PrefixCache(prefix_cache)
+        self.prefill_chunk = check_tokens_option("prefill_chunk", prefill_chunk)
+        self.prefill_budget = check_tokens_option("prefill_budget", prefill_budget)
         self.manifest = session.manifest
         self.dims = session.dims
         self.tokenizer = tokenizer
@@ -70,11 +76,16 @@ class Engine:
         custom_ops: str | bool | None = None,
         max_batch: int = 16,
         prefix_cache: int = DEFAULT_BYTES,
+        prefill_chunk: int | None = None,
+        prefill_budget: int | None = None,
     ) -> "Engine":
         check_bytes(prefix_cache)  # before the minutes a large artifact takes to load
+        check_tokens_option("prefill_chunk", prefill_chunk)
+        check_tokens_option("prefill_budget", prefill_budget)
         session = DecoderSession(path, threads=threads, provider=provider, verify=verify, custom_ops=custom_ops)
         tokenizer = Tokenizer.from_artifact(session.artifact)
-        return cls(session, tokenizer, max_batch=max_batch, prefix_cache=prefix_cache)
+        return cls(session, tokenizer, max_batch=max_batch, prefix_cache=prefix_cache,
+                   prefill_chunk=prefill_chunk, prefill_budget=prefill_budget)
 
     # ---- facts ---------------------------------------------------------------------------
     @property
@@ -133,6 +144,11 @@ class Engine:
                 f"length {self.context_length}; shorten the prompt or lower max_new_tokens"
             )
 
+    def new_batch(self, slots: int, capacity: int) -> SequenceBatch:
+        """A batch over this engine's session, its prefix cache and prefill policy."""
+        return SequenceBatch(self.session, slots, capacity=capacity, prefix_cache=self.prefix_cache,
+                             prefill_chunk=self.prefill_chunk, prefill_budget=self.prefill_budget)
+
     def _states(self, requests: Sequence[Request]) -> list[SequenceState]:
         return [SequenceState(i, r, self.eos_token_ids, self.tokenizer) for i, r in enumerate(requests)]
 
@@ -142,10 +158,9 @@ class Engine:
             return
         start = time.perf_counter()
         longest = max(len(s.request.prompt_ids) + s.params.max_new_tokens for s in seqs)
-        batch = SequenceBatch(self.session, min(len(seqs), self.max_batch), capacity=longest,
-                              prefix_cache=self.prefix_cache)
+        batch = self.new_batch(min(len(seqs), self.max_batch), longest)
         try:
-            admission = _Admission(batch, seqs)
+            admission = Admission(batch, seqs)
             yield from decode_loop(batch, admission.start(), cancelled, stats, start, admission.refill)
         finally:
             prompt_tokens = sum(len(s.request.prompt_ids) for s in seqs)
@@ -182,56 +197,3 @@ class Engine:
 
     def chat(self, params: SamplingParams | None = None, system: str | None = None) -> ChatSession:
         return ChatSession(self, params or SamplingParams(), system)
-
-
-class _Admission:
-    """Who enters the batch when: the first `slots` sequences at once, the rest as slots free up.
-    Those entering together are one admit (each distinct prompt prefilled once, the heads they
-    share once, then forked). A prompt that a waiting sequence shares is kept prefilled
-    (`Prefilled`), so it is computed only once."""
-
-    def __init__(self, batch: SequenceBatch, seqs: list[SequenceState]):
-        self.batch = batch
-        self.first = seqs[: batch.slots]
-        self.pending = collections.deque(seqs[batch.slots :])
-        self.waiting = collections.Counter(s.request.prompt_ids for s in self.pending)
-        self.kept: dict[tuple[int, ...], Prefilled] = {}
-
-    def start(self) -> dict[int, SequenceState]:
-        """Admit the first sequences; returns them by batch id, holding their first logits."""
-        live: dict[int, SequenceState] = {}
-        self._admit(self.first, live)
-        return live
-
-    def refill(self, finished: list[int], live: dict[int, SequenceState]) -> None:
-        """Retire the finished sequences and admit waiting ones into the freed slots."""
-        for i in finished:
-            self.batch.retire(i)
-        free = min(self.batch.slots - len(self.batch), len(self.pending))
-        seqs = [self.pending.popleft() for _ in range(free)]
-        self.waiting.subtract(s.request.prompt_ids for s in seqs)
-        self._admit(seqs, live)
-
-    def _admit(self, seqs: list[SequenceState], live: dict[int, SequenceState]) -> None:
-        """`seqs` into the batch in one admit, each holding its first logits, and into `live`."""
-        if not seqs:
-            return
-        groups: dict[tuple[int, ...], list[SequenceState]] = {}
-        for s in seqs:
-            groups.setdefault(s.request.prompt_ids, []).append(s)
-        logits = self.batch.admit({group[0].index: self.kept.get(prompt, prompt) for prompt, group in groups.items()})
-        for prompt, (head, *rest) in groups.items():
-            for s in rest:
-                self.batch.fork(head.index, s.index)
-            for s in (head, *rest):
-                s.logits = logits[head.index]
-                live[s.index] = s
-            self._keep(head, prompt)
-
-    def _keep(self, seq: SequenceState, prompt: tuple[int, ...]) -> None:
-        """Keep the prompt's prefilled state while a waiting sequence still needs it."""
-        if self.waiting[prompt] <= 0:  # nobody waits for it any more: forget the prompt
-            self.waiting.pop(prompt, None)
-            self.kept.pop(prompt, None)
-        elif prompt not in self.kept:
-            self.kept[prompt] = self.batch.save(seq.index, seq.logits)

@@ -1,7 +1,7 @@
 """A generation: the decode loop every path runs, its figures, and the handle a caller streams.
 
     engine / chat ─ decode_loop(batch, live) ─ [StepEvent] per step ─> Generation ─ text ─> caller
-                      sample · hand out · retire + refill · batch.step
+                      sample · hand out · retire + refill (+ a prefill piece) · batch.step
 
 A Generation makes its event stream once, from the `source` it is given, and the stream
 never refers back to it: no reference cycle, so a dropped or closed stream is cleaned up at
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 from zaya_edge.memory import peak_rss_bytes
 
@@ -50,7 +50,7 @@ class GenerationStats:
         self.peak_rss_bytes = peak_rss_bytes()
 
 
-Refill = Callable[[list[int], dict[int, SequenceState]], None]
+Refill = Callable[[list[int], dict[int, SequenceState]], Optional[bool]]
 
 
 def decode_loop(
@@ -61,31 +61,35 @@ def decode_loop(
     start: float,
     refill: Refill | None = None,
 ) -> Iterator[list[StepEvent]]:
-    """Sample, hand the events out, drop finished sequences, step the rest: until none is live.
+    """Sample, hand the events out, drop finished sequences, refill, step the rest: until none is
+    live and none is on its way in.
 
     `live` maps batch ids to sequences that hold logits. `refill(finished, live)` may retire
-    the finished from the batch and admit waiting ones into `live` (with their logits); without
-    it, finished sequences stay in the batch (a chat keeps its row). `start` is when the
-    request began: the time to first token includes the prefill.
+    the finished from the batch and admit waiting ones into `live` (with their logits); it returns
+    True while sequences are still being prefilled (a piece per step: admission.py), which keeps
+    the loop going with none live. Without it, finished sequences stay in the batch (a chat keeps
+    its row). `start` is when the request began: the time to first token includes the prefill.
     """
     first_token_at = None
     generated = 0
+    coming = False
     try:
-        while live:
+        while live or coming:
             if cancelled():
                 yield [seq.cancel() for seq in live.values()]
                 return
             events = [seq.step() for seq in live.values() if seq.logits is not None]
-            generated += len(events)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-                stats.time_to_first_token_s = first_token_at - start
-            yield events
+            if events:
+                generated += len(events)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    stats.time_to_first_token_s = first_token_at - start
+                yield events
             finished = [i for i, seq in live.items() if seq.finish_reason is not None]
             for i in finished:
                 del live[i]
             if refill is not None:
-                refill(finished, live)
+                coming = bool(refill(finished, live))
             if any(seq.logits is not None for seq in live.values()):
                 continue  # sequences just admitted sample their first token before the next step
             if live:

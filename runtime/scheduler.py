@@ -9,8 +9,9 @@
                                                           flush: sink(deltas), one call per job        │
                                                           drop cancelled (live ones leave the batch)   │
                                                           retire finished, drain the inbox, admit into │
-                                                          free slots (_Admission: identical prompts    │
-                                                          prefilled once, kept, copied in)             │
+                                                          free slots (Admission: identical prompts     │
+                                                          prefilled once, kept, copied in; a prompt    │
+                                                          into a busy batch a piece per step)          │
                                                         batch.step(all live): one model call ──────────┘
                                                    idle (nothing live or waiting): wait on the inbox
 
@@ -34,7 +35,8 @@ import numpy as np
 from zaya_edge.errors import RequestError, ZayaEdgeError
 
 from .batch import SequenceBatch
-from .engine import Engine, _Admission
+from .admission import Admission
+from .engine import Engine
 from .generation import GenerationStats, decode_loop
 from .sequence import SequenceState, StepEvent
 from .types import BatchProgress, Completion, Request
@@ -137,7 +139,7 @@ class _Seq(SequenceState):
         self.job.buffer.append(Delta(self.choice, event.token, event.text, event.finish_reason, lp, done))
 
 
-class _Inflow(_Admission):
+class _Inflow(Admission):
     """The engine's admission policy fed continuously: sequences join `pending` as requests arrive."""
 
     def __init__(self, batch: SequenceBatch):
@@ -148,7 +150,7 @@ class _Inflow(_Admission):
         self.waiting.update(s.request.prompt_ids for s in seqs)
 
     def drop_cancelled(self) -> list[_Seq]:
-        """Take out waiting sequences whose job was cancelled."""
+        """Take out waiting and prefilling sequences whose job was cancelled."""
         gone = [s for s in self.pending if s.job.cancelled]
         if gone:
             self.pending = collections.deque(s for s in self.pending if not s.job.cancelled)
@@ -157,10 +159,25 @@ class _Inflow(_Admission):
                 if self.waiting[prompt] <= 0:  # a long-lived server sees many prompts: forget these
                     self.waiting.pop(prompt, None)
                     self.kept.pop(prompt, None)
+        for prompt, group in list(self.prefilling.items()):
+            gone += [s for s in group if s.job.cancelled]
+            group[:] = [s for s in group if not s.job.cancelled]
+            if not group:  # nobody wants this prompt any more: its prefill stops
+                del self.prefilling[prompt]
+                self.prefills.drop(prompt)
         return gone
 
+    def abandon(self) -> list[_Seq]:
+        """Shutting down: every sequence not yet live, taken out."""
+        out = list(self.pending) + [s for group in self.prefilling.values() for s in group]
+        for prompt in self.prefilling:
+            self.prefills.drop(prompt)
+        self.pending.clear()
+        self.prefilling.clear()
+        return out
+
     def refill(self, finished, live) -> list[_Seq]:
-        """Retire and admit (the engine's policy); returns the admitted."""
+        """Retire and admit (the engine's policy); returns the sequences that went live."""
         before = set(live)
         super().refill(finished, live)
         return [s for i, s in live.items() if i not in before]
@@ -192,8 +209,7 @@ class Scheduler:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.engine = engine
         self.max_queue = max_queue
-        self.batch = SequenceBatch(engine.session, max_batch, capacity=min(256, engine.context_length),
-                                   prefix_cache=engine.prefix_cache)
+        self.batch = engine.new_batch(max_batch, min(256, engine.context_length))
         self._inflow = _Inflow(self.batch)
         self._live: dict[int, _Seq] = {}
         self._jobs: dict[int, Job] = {}  # taken from the inbox and not finished
@@ -319,8 +335,9 @@ class Scheduler:
             self._totals["generated"] += sum(e.token >= 0 for e in events)
         self._flush()
 
-    def _refill(self, finished: list[int], live: dict[int, _Seq]) -> None:
-        """Between steps: drop the cancelled, take in new jobs, retire the finished, admit, hand out deltas."""
+    def _refill(self, finished: list[int], live: dict[int, _Seq]) -> bool:
+        """Between steps: drop the cancelled, take in new jobs, retire the finished, admit (a long
+        prompt a piece per step), hand out deltas. True while prompts are being prefilled."""
         gone = [i for i, s in live.items() if s.job.cancelled]
         for i in gone:
             live.pop(i).cancel()
@@ -334,6 +351,7 @@ class Scheduler:
         with self._cond:
             self._queued = sum(len(j.requests) for j in self._inbox) + len(self._inflow.pending)
         self._flush()
+        return bool(self._inflow.prefilling)
 
     def _flush(self) -> None:
         """Hand every job its buffered deltas (one sink call per job per step); forget finished jobs."""
@@ -364,9 +382,8 @@ class Scheduler:
     def _cancel_waiting(self) -> None:
         """Shutting down: jobs that never started hear "cancelled" too."""
         self._take_inbox()
-        for s in self._inflow.pending:
+        for s in self._inflow.abandon():
             s.cancel()
-        self._inflow.pending.clear()
         self._queued = 0
         self._flush()
 

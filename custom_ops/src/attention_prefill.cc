@@ -77,7 +77,8 @@ struct BlockState {
 // Masks the tile's scores, moves each query's running max and sum on, turns scores into weights
 // and rescales the accumulators the new max invalidates.
 template <typename V>
-ZAYA_INLINE void block_softmax(const int64_t* mask, int64_t t0, int64_t tn, int64_t rp, int64_t D, const BlockState& b) {
+ZAYA_INLINE void block_softmax(const int64_t* mask, int64_t t0, int64_t tn, int64_t rp, int64_t D, const BlockState& b,
+                               bool visible) {
   constexpr int64_t W = sizeof(V) / sizeof(float);
   const V ninf = bc<V>(kNegInfF), zero = V{};
   for (int64_t r = 0; r < rp; r += W) {
@@ -85,9 +86,12 @@ ZAYA_INLINE void block_softmax(const int64_t* mask, int64_t t0, int64_t tn, int6
     V mt = ninf;
     for (int64_t jj = 0; jj < tn; ++jj) {
       float* sp = b.st + jj * rp + r;
-      const V col = bc<V>(static_cast<float>(t0 + jj));
-      const V s = mask[t0 + jj] ? ((col >= lo) & (col <= hi) ? ld<V>(sp) : ninf) : ninf;
-      st<V>(sp, s);
+      V s = ld<V>(sp);
+      if (!visible) {  // the tile crosses a row's causal or window edge, or holds padding
+        const V col = bc<V>(static_cast<float>(t0 + jj));
+        s = mask[t0 + jj] ? ((col >= lo) & (col <= hi) ? s : ninf) : ninf;
+        st<V>(sp, s);
+      }
       mt = s > mt ? s : mt;
     }
     const V mo = ld<V>(b.m + r), mn = mt > mo ? mt : mo;
@@ -166,10 +170,15 @@ ZAYA_INLINE void prefill_item(const AttentionArgs& a, const Item& it, float* par
   const T* keys = static_cast<const T*>(a.present_key) + (it.b * a.kv_heads + it.g) * a.cap * D;
   const T* values = static_cast<const T*>(a.present_value) + (it.b * a.kv_heads + it.g) * a.cap * D;
   const int64_t* mask = a.mask + it.b * a.total;
+  int64_t lo_max, hi_min, unused;  // keys every row of the block sees (before the mask)
+  row_range(a, it.r1 - 1, &lo_max, &unused);
+  row_range(a, it.r0, &unused, &hi_min);
   for (int64_t t0 = it.j0; t0 < it.j1; t0 += kTile) {
     const int64_t tn = std::min(kTile, it.j1 - t0);
     block_scores<V>(b.qt, rp, as_f32(keys + t0 * D, b.kbuf, tn * D, widen), tn, D, b.st);
-    block_softmax<V>(mask, t0, tn, rp, D, b);
+    bool visible = nq == rp && t0 >= lo_max && t0 + tn - 1 <= hi_min;
+    for (int64_t jj = 0; visible && jj < tn; ++jj) visible = mask[t0 + jj] != 0;
+    block_softmax<V>(mask, t0, tn, rp, D, b, visible);
     block_values<V>(as_f32(values + t0 * D, b.vbuf, tn * D, widen), tn, rp, D, b.st, b.o);
   }
   for (int64_t n = 0; n < nq; ++n) {

@@ -10,7 +10,8 @@ preallocated shared buffer (present keeps its shape) or exactly the past (presen
         ─ Where(causal (and window) by column, ·, float32 min) ─ Softmax ─ · values ─► [B,S,Hq·D]
 
 Masked scores are the float32 minimum, never -inf: a padding query whose keys are all masked gets
-finite (uniform) weights, as GroupQueryAttention gives it, so nothing turns NaN downstream.
+finite (uniform) weights, as GroupQueryAttention gives it (the native CachedAttention kernel gives
+such a query zeros), so nothing turns NaN downstream; padding rows are never read.
 It copies the cache once per call, where the kernel writes one column in place. An fp16 cache
 is widened to fp32 for the attention (the new keys/values are rounded to fp16 first, as stored).
 """

@@ -15,12 +15,13 @@ Attributes: num_heads, kv_num_heads, scale, local_window_size (keys a query sees
 -1: no window).
 Outputs: 0 out [B,S,Hq*D] fp32, 1 present_key, 2 present_value ([B,Hkv,max(C,T),D], the cache
 dtype): the past with the new keys/values in columns [T-S, T) -- in place when the runtime binds
-past and present to one buffer.
+past and present to one buffer. Columns from T on are the buffer's own when past and present are
+one buffer (as the runtime binds them) and undefined otherwise.
 
     mask ─► seqlens_k = T-1, total = T, key bias [B,1,S,T] (-65504 on padding keys)
     fp32 cache:  GroupQueryAttention(q, k, v, past) ─► out, present      (in place: shared buffer)
     fp16 cache:  k,v ─ round to fp16 ─┐   past ─ widen ─┐
-                 GroupQueryAttention in fp32 ─► out, present ─ round to fp16 ─► present
+                 GroupQueryAttention in fp32 ─► out, present[:T] ─ round to fp16 ─ ‖ past[T:] ─► present
 
 The fp16 body computes as the kernel does (fp16 storage, fp32 arithmetic: onnxruntime's fp16
 GroupQueryAttention would also round q and the scores), at the price of widening the whole cache
@@ -72,8 +73,15 @@ def attention_function(kv_dtype: str = "float32") -> ir.Function:
         "GroupQueryAttention", [q, k, v, past_key, past_value, seqlens, total_i32, None, None, None, bias],
         {**refs, "do_rotary": 0}, domain=_MS, num_outputs=3,
     )
-    if kv_dtype == "float16":
-        present_key, present_value = (tape.op("CastLike", [t, ins["past_key"]]) for t in (present_key, present_value))
+    if kv_dtype == "float16":  # back to fp16: columns [0, T) computed, from T on the buffer's own (as in place)
+        total_1d = tape.op("Unsqueeze", [total, c([0], np.int64)])
+
+        def narrow(present, past):
+            head = tape.op("Slice", [tape.op("CastLike", [present, past]), c([0], np.int64), total_1d, c([2], np.int64)])
+            tail = tape.op("Slice", [past, total_1d, c([np.iinfo(np.int64).max], np.int64), c([2], np.int64)])
+            return tape.op("Concat", [head, tail], {"axis": 2})
+
+        present_key, present_value = narrow(present_key, ins["past_key"]), narrow(present_value, ins["past_value"])
     outs = [out, present_key, present_value]
     for value, name in zip(outs, OUTPUT_NAMES):
         value.name = name

@@ -74,8 +74,11 @@ def test_the_manifest_and_graph_record_the_cache_dtype(pair):
 def test_fp16_cache_logits_stay_close_to_the_fp32_cache(pair, native):
     model, fp32, fp16 = pair
     ids = _ids(model, 700)
+    before = custom_ops.native_counters()["attention"]["computes"] if native else 0
     want = _run(OrtDecoder(fp32, custom_ops=native), ids, 680)
     got = _run(OrtDecoder(fp16, custom_ops=native), ids, 680)
+    if native:  # the kernel ran, not the function body: 2 layers x (3 prompt chunks + 20 steps) x 2 artifacts
+        assert custom_ops.native_counters()["attention"]["computes"] - before == 2 * 23 * 2
     assert np.abs(got - want).max() <= FP16_BOUND
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.99
 
@@ -85,7 +88,9 @@ def test_native_and_function_body_agree_on_both_caches(pair):
     model, fp32, fp16 = pair
     ids = _ids(model, 300, batch=1, seed=3)
     for folder, bound in ((fp32, 1e-5), (fp16, 1e-3)):
+        before = custom_ops.native_counters()["attention"]["computes"]
         fallback, native = _run(OrtDecoder(folder), ids, 290), _run(OrtDecoder(folder, custom_ops=True), ids, 290)
+        assert custom_ops.native_counters()["attention"]["computes"] - before == 2 * (2 + 10)  # layers x calls
         assert np.abs(native - fallback).max() <= bound, folder.name
 
 

@@ -5,7 +5,7 @@
 //   attention_mask [B,T] (1 = real token; all rows share columns, the S new tokens sit in
 //   columns [T-S, T)).  present = past with k/v written into columns [T-S, T) -- in place when
 //   present and past are one buffer (the runtime binds them so), else past's first T-S columns
-//   are copied first.  Query i (column c = T-S+i) of head h sees key j of kv head h/(Hq/Hkv) iff
+//   are copied first (and present's columns from T on are left undefined).  Query i (column c = T-S+i) of head h sees key j of kv head h/(Hq/Hkv) iff
 //   j <= c, mask[j] == 1 and, with a window w > 0, j > c - w.  out = softmax(scale*q.k) . v;
 //   a query that sees no key gets zeros.
 //

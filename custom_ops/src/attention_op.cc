@@ -52,7 +52,8 @@ zaya::AttentionArgs bind(Ort::KernelContext& ctx, const Attrs& at) {
   }
   zaya::AttentionArgs a;
   a.heads = at.heads, a.kv_heads = at.kv_heads, a.window = at.window;
-  if (a.kv_heads < 1 || a.heads % a.kv_heads) bad("num_heads must be a multiple of kv_num_heads >= 1");
+  if (a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads)
+    bad("num_heads must be a positive multiple of kv_num_heads >= 1");
   if (s[Q].size() != 3 || s[Q][2] % a.heads) bad("q must be [B, S, num_heads*D], got " + dims(s[Q]));
   a.batch = s[Q][0], a.seq = s[Q][1], a.head_dim = s[Q][2] / a.heads;
   const int64_t D = a.head_dim, H = a.kv_heads;

@@ -41,11 +41,9 @@ def __getattr__(name: str):
     """The classes are made when first asked for, so `import zaya_edge.hf` needs no torch."""
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        importlib.import_module("torch")
-        importlib.import_module("transformers")
-    except ImportError as exc:
-        raise ImportError(f"zaya_edge.hf needs the [hf] extra (torch, transformers>=5.23): {exc}") from None
+    from .extra import extra
+
+    extra("torch"), extra("transformers")
     module, attribute, builds = _EXPORTS[name]
     value = getattr(importlib.import_module(f".{module}", __name__), attribute)
     globals()[name] = value = value() if builds else value

@@ -25,13 +25,14 @@ from zaya_edge import graph_io as G
 from zaya_edge.config import ZayaDims
 from zaya_edge.errors import RequestError
 
+from .extra import extra
+
 
 @functools.cache
 def cache_class() -> type:
     """ZayaStateCache: the methods below on transformers' Cache (built once, on first use)."""
-    from transformers.cache_utils import Cache
-
-    return type("ZayaStateCache", (StateCacheMethods, Cache), {"__module__": __name__, "__doc__": StateCacheMethods.__doc__})
+    cache = extra("transformers.cache_utils").Cache
+    return type("ZayaStateCache", (StateCacheMethods, cache), {"__module__": __name__, "__doc__": StateCacheMethods.__doc__})
 
 
 class StateCacheMethods:

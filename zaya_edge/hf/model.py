@@ -6,7 +6,7 @@ a ZayaStateCache between the calls generate() makes.
 
 The methods live in a plain class and `model_class()` joins them to PreTrainedModel and
 GenerationMixin on first use: importing zaya_edge never imports torch or transformers (the
-runtime runs without them); torch is imported where a method needs it.
+runtime runs without them); a method reaches them through extra.py when it needs them.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from zaya_edge.runtime.session import DecoderSession
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 from .cache import cache_class
+from .extra import extra
 
 UNSUPPORTED = ("inputs_embeds", "labels", "output_attentions", "output_hidden_states", "output_router_logits")
 
 
 @functools.cache
 def cache_key() -> str:
-    """generate() hands the states around as `cache` from transformers 5.24 on, as
+    """generate() hands the states around as `cache` since transformers 5.24, as
     `past_key_values` before; the name follows the installed version (the forward takes both)."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    fields = extra("transformers.modeling_outputs").CausalLMOutputWithPast.__dataclass_fields__
+    return "cache" if "cache" in fields else "past_key_values"
 
 
 def __getattr__(name: str):
@@ -45,14 +45,13 @@ def __getattr__(name: str):
 @functools.cache
 def model_class() -> type:
     """ZayaORTForCausalLM: the methods below on PreTrainedModel + GenerationMixin (built once)."""
-    from transformers import GenerationMixin, PreTrainedModel
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
+    transformers = extra("transformers")
     # pipeline("text-generation") checks the model's class name against this table and logs an
     # error with every supported name when it is absent; the key is no config's model type, so
     # the Auto classes never resolve it.
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("zaya_edge_ort", "ZayaORTForCausalLM")
-    return type("ZayaORTForCausalLM", (ArtifactCausalLM, PreTrainedModel, GenerationMixin),
+    names = extra("transformers.models.auto.modeling_auto").MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    names.setdefault("zaya_edge_ort", "ZayaORTForCausalLM")
+    return type("ZayaORTForCausalLM", (ArtifactCausalLM, transformers.PreTrainedModel, transformers.GenerationMixin),
                 {"__module__": __name__, "__doc__": ArtifactCausalLM.__doc__})
 
 
@@ -87,15 +86,11 @@ class ArtifactCausalLM:
     # ---- what generate() and pipelines read ---------------------------------------------------
     @property
     def device(self):
-        import torch
-
-        return torch.device("cpu")  # onnxruntime copies in and out; tensors stay on the host
+        return extra("torch").device("cpu")  # onnxruntime copies in and out; tensors stay on the host
 
     @property
     def dtype(self):
-        import torch
-
-        return torch.float32
+        return extra("torch").float32
 
     @property
     def uses_native_kernels(self) -> bool:
@@ -136,11 +131,9 @@ class ArtifactCausalLM:
         logits, states = self._run(ids, mask, kept.feeds(ids.shape[0]))
         kept.store(states)
         keep = use_cache if use_cache is not None else self.config.use_cache
-        import torch
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
         out = {cache_key(): kept if keep or cache is not None else None}
-        return CausalLMOutputWithPast(logits=torch.from_numpy(logits), **out)
+        outputs = extra("transformers.modeling_outputs")
+        return outputs.CausalLMOutputWithPast(logits=extra("torch").from_numpy(logits), **out)
 
     def _check(self, ids: np.ndarray, mask: np.ndarray, past: int) -> None:
         if mask.shape != (ids.shape[0], past + ids.shape[1]):
@@ -170,18 +163,14 @@ class ArtifactCausalLM:
 
 
 def _host_array(tensor) -> np.ndarray:
-    import torch
-
-    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    array = tensor.detach().cpu().numpy() if isinstance(tensor, extra("torch").Tensor) else np.asarray(tensor)
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def _model_config(artifact: A.Artifact):
     """transformers' config from the artifact's config.json (its `zaya` model type)."""
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(str(artifact.path(A.CONFIG_FILE)))
+        config = extra("transformers").AutoConfig.from_pretrained(str(artifact.path(A.CONFIG_FILE)))
     except (OSError, ValueError, KeyError) as exc:
         raise _unreadable(artifact, A.CONFIG_FILE, exc) from None
     config.use_cache = True
@@ -190,8 +179,7 @@ def _model_config(artifact: A.Artifact):
 
 def _generation_config(session: DecoderSession, config):
     """generation_config.json when listed, with the runtime's stop tokens (as `zaya-edge run`)."""
-    from transformers import GenerationConfig
-
+    GenerationConfig = extra("transformers").GenerationConfig  # noqa: N806 (the class)
     artifact = session.artifact
     gen = GenerationConfig.from_model_config(config)
     if artifact.has(A.GENERATION_CONFIG_FILE):

@@ -10,18 +10,18 @@ import os
 
 from zaya_edge import artifact as A
 from zaya_edge.errors import ArtifactError
+
+from .extra import extra
 from zaya_edge.runtime.tokenizer import Tokenizer
 
 
 def load_tokenizer(artifact_dir: str | os.PathLike | A.Artifact):
     """A left-padding fast tokenizer over the artifact's tokenizer.json (generation pads left)."""
-    from transformers import PreTrainedTokenizerFast
-
     artifact = artifact_dir if isinstance(artifact_dir, A.Artifact) else A.Artifact.open(artifact_dir)
     codec = Tokenizer.from_artifact(artifact)
     if codec is None:
         raise ArtifactError(f"{artifact.folder} has no {A.TOKENIZER_FILE}: pass token ids instead")
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = extra("transformers").PreTrainedTokenizerFast(
         tokenizer_file=str(artifact.tokenizer_files[A.TOKENIZER_FILE]),
         bos_token=codec.bos_token,
         eos_token=codec.eos_token,

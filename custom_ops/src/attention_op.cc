@@ -14,6 +14,7 @@
 
 #include "attention.h"
 #include "attention_op.h"
+#include "op_glue.h"
 
 namespace {
 
@@ -23,12 +24,6 @@ std::atomic<int64_t> g_kernels{0}, g_computes{0};
 
 [[noreturn]] void bad(const std::string& msg) {
   throw Ort::Exception(std::string("ai.zaya::CachedAttention: ") + msg, ORT_INVALID_ARGUMENT);
-}
-
-std::string dims(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
 }
 
 struct Attrs {
@@ -46,26 +41,23 @@ zaya::AttentionArgs bind(Ort::KernelContext& ctx, const Attrs& at) {
   if (ctx.GetInputCount() != kInputs) bad("expects 6 inputs, got " + std::to_string(ctx.GetInputCount()));
   std::vector<Ort::ConstValue> in;
   std::vector<std::vector<int64_t>> s;
-  for (size_t i = 0; i < kInputs; ++i) {
-    in.push_back(ctx.GetInput(i));
-    s.push_back(in.back().GetTensorTypeAndShapeInfo().GetShape());
-  }
+  zaya::read_inputs(ctx, kInputs, in, s);
   zaya::AttentionArgs a;
   a.heads = at.heads, a.kv_heads = at.kv_heads, a.window = at.window;
   if (a.heads < 1 || a.kv_heads < 1 || a.heads % a.kv_heads)
     bad("num_heads must be a positive multiple of kv_num_heads >= 1");
-  if (s[Q].size() != 3 || s[Q][2] % a.heads) bad("q must be [B, S, num_heads*D], got " + dims(s[Q]));
+  if (s[Q].size() != 3 || s[Q][2] % a.heads) bad("q must be [B, S, num_heads*D], got " + zaya::shape_str(s[Q]));
   a.batch = s[Q][0], a.seq = s[Q][1], a.head_dim = s[Q][2] / a.heads;
   const int64_t D = a.head_dim, H = a.kv_heads;
   if (D % 8) bad("head size must be a multiple of 8, got " + std::to_string(D));
   a.scale = at.scale != 0.0f ? at.scale : 1.0f / std::sqrt(static_cast<float>(D));
   const std::vector<int64_t> kv = {a.batch, a.seq, H * D};
-  if (s[K] != kv || s[V] != kv) bad("k and v must be " + dims(kv) + ", got " + dims(s[K]) + " and " + dims(s[V]));
-  if (s[MASK].size() != 2 || s[MASK][0] != a.batch || s[MASK][1] < a.seq) bad("attention_mask must be [B, T >= S], got " + dims(s[MASK]));
+  if (s[K] != kv || s[V] != kv) bad("k and v must be " + zaya::shape_str(kv) + ", got " + zaya::shape_str(s[K]) + " and " + zaya::shape_str(s[V]));
+  if (s[MASK].size() != 2 || s[MASK][0] != a.batch || s[MASK][1] < a.seq) bad("attention_mask must be [B, T >= S], got " + zaya::shape_str(s[MASK]));
   a.total = s[MASK][1];
   const auto& pk = s[PAST_KEY];
   if (pk.size() != 4 || pk[0] != a.batch || pk[1] != H || pk[3] != D || pk[2] < a.total - a.seq || s[PAST_VALUE] != pk)
-    bad("past key/value must be [B, kv_heads, >= T-S, D] alike, got " + dims(pk) + " and " + dims(s[PAST_VALUE]));
+    bad("past key/value must be [B, kv_heads, >= T-S, D] alike, got " + zaya::shape_str(pk) + " and " + zaya::shape_str(s[PAST_VALUE]));
   const auto type = in[PAST_KEY].GetTensorTypeAndShapeInfo().GetElementType();
   if (type != in[PAST_VALUE].GetTensorTypeAndShapeInfo().GetElementType() ||
       (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16))
@@ -90,10 +82,7 @@ struct Kernel {
       Ort::KernelContext ctx(raw);
       const zaya::AttentionArgs a = bind(ctx, attrs);
       g_computes.fetch_add(1, std::memory_order_relaxed);
-      zaya::ParallelFor pfor = [&ctx](size_t total, const std::function<void(size_t)>& fn) {
-        ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const std::function<void(size_t)>*>(data))(i); },
-                        total, 0, const_cast<std::function<void(size_t)>*>(&fn));
-      };
+      const zaya::ParallelFor pfor = zaya::ort_parallel_for(ctx);
       zaya::attention_cpu(a, pfor);
       return nullptr;
     } catch (const Ort::Exception& e) {

@@ -18,6 +18,7 @@
 #include "attention.h"
 #include "attention_op.h"
 #include "moe_op.h"
+#include "op_glue.h"
 #include "router.h"
 
 #if defined(_WIN32)
@@ -52,13 +53,7 @@ enum RouterInput { X, PREV, DOWN_W, DOWN_B, SCALE, NORM_W, FC1_W, FC1_B, FC2_W, 
 const char* const kInputNames[kRouterInputs] = {"x", "prev_state", "down_w", "down_b", "state_scale", "norm_w",
                                                 "fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w", "balancing_bias"};
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << "]";
-  return o.str();
-}
+using zaya::shape_str;
 
 [[noreturn]] void bad(const std::string& msg) {
   throw Ort::Exception("ai.zaya::Router: " + msg, ORT_INVALID_ARGUMENT);
@@ -70,10 +65,7 @@ zaya::RouterArgs bind(Ort::KernelContext& ctx, float epsilon) {
   if (ctx.GetInputCount() != kRouterInputs) bad("expects 12 inputs, got " + std::to_string(ctx.GetInputCount()));
   std::vector<Ort::ConstValue> in;
   std::vector<std::vector<int64_t>> shape;
-  for (size_t i = 0; i < kRouterInputs; ++i) {
-    in.push_back(ctx.GetInput(i));
-    shape.push_back(in.back().GetTensorTypeAndShapeInfo().GetShape());
-  }
+  zaya::read_inputs(ctx, kRouterInputs, in, shape);
   if (shape[X].size() != 2) bad("x must be [N, H], got " + shape_str(shape[X]));
   const int64_t n = shape[X][0], h = shape[X][1];
   if (shape[DOWN_W].size() != 2 || shape[DOWN_W][0] != h)
@@ -157,10 +149,7 @@ struct RouterKernel {
         a.down_w_packed = down_w.get({a.h, a.r});
         a.fc1_w_packed = fc1_w.get({a.r, a.r});
         a.fc2_w_packed = fc2_w.get({a.r, a.r});
-        zaya::ParallelFor pfor = [&ctx](size_t total, const std::function<void(size_t)>& fn) {
-          ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const std::function<void(size_t)>*>(data))(i); },
-                          total, 0, const_cast<std::function<void(size_t)>*>(&fn));
-        };
+        const zaya::ParallelFor pfor = zaya::ort_parallel_for(ctx);
         zaya::router_cpu(a, pfor);
       } else {
 #if defined(ZAYA_WITH_GPU)

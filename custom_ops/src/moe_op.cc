@@ -14,6 +14,7 @@
 
 #include "moe.h"
 #include "moe_op.h"
+#include "op_glue.h"
 
 #if defined(_WIN32)
 #define ZAYA_MOE_EXPORT extern "C" __declspec(dllexport)
@@ -29,13 +30,7 @@ const char* const kNames[kInputs] = {"x", "expert_select", "expert_weight", "fc1
 
 std::atomic<int64_t> g_kernels{0}, g_computes{0};
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << "]";
-  return o.str();
-}
+using zaya::shape_str;
 
 [[noreturn]] void bad(const std::string& msg) { throw Ort::Exception("ai.zaya::ExpertMoE: " + msg, ORT_INVALID_ARGUMENT); }
 
@@ -66,10 +61,7 @@ void bind(Ort::KernelContext& ctx, const Config& cfg, zaya::MoeArgs& a) {
   if (ctx.GetInputCount() != kInputs) bad("expects 7 inputs, got " + std::to_string(ctx.GetInputCount()));
   std::vector<Ort::ConstValue> in;
   std::vector<std::vector<int64_t>> s;
-  for (size_t i = 0; i < kInputs; ++i) {
-    in.push_back(ctx.GetInput(i));
-    s.push_back(in.back().GetTensorTypeAndShapeInfo().GetShape());
-  }
+  zaya::read_inputs(ctx, kInputs, in, s);
   if (s[X].size() != 2) bad("x must be [N, H], got " + shape_str(s[X]));
   const int64_t n = s[X][0], h = s[X][1], bs = cfg.block;
   if (s[SELECT].size() != 2 || s[SELECT][0] != n || s[SELECT][1] < 1) bad("expert_select must be [N, E], got " + shape_str(s[SELECT]));
@@ -118,10 +110,7 @@ struct MoeKernel {
       zaya::MoeArgs a;
       bind(ctx, cfg, a);
       g_computes.fetch_add(1, std::memory_order_relaxed);
-      zaya::ParallelFor pfor = [&ctx](size_t total, const std::function<void(size_t)>& fn) {
-        ctx.ParallelFor([](void* data, size_t i) { (*static_cast<const std::function<void(size_t)>*>(data))(i); },
-                        total, 0, const_cast<std::function<void(size_t)>*>(&fn));
-      };
+      const zaya::ParallelFor pfor = zaya::ort_parallel_for(ctx);
       zaya::moe_cpu(a, pfor);
       return nullptr;
     } catch (const Ort::Exception& e) {
